@@ -1,0 +1,1 @@
+"""Catalogs of masters: local folders, S3-compatible buckets, Google Drive."""

@@ -1,0 +1,242 @@
+"""Configuration: YAML with ``${VAR}`` / ``${VAR:-default}`` expansion, validated by pydantic.
+
+Every error names the dotted key path it is about, so an operator can fix the
+file without reading a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+LAYOUT_FIELDS = frozenset({"project", "project_id", "code", "variation", "locale", "aspect", "kind"})
+DEFAULT_LAYOUT = "{code}/v{variation}/{locale}/{aspect}"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``errors`` pairs dotted key paths with messages."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class ReceiverConfig(_Strict):
+    path: str = "/webhooks/outpost"
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    mode: Literal["outpost", "standard"] = "outpost"
+    header_prefix: str | None = None
+    secrets: list[str] = Field(min_length=1)
+    timestamp_tolerance_s: int = Field(300, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if any(not s for s in v):
+            raise ValueError("a secret is empty (is its environment variable set?)")
+        return v
+
+    @property
+    def prefix(self) -> str:
+        """The header prefix in force: ``x-outpost-`` (outpost mode) or ``webhook-`` (standard)."""
+        if self.header_prefix is not None:
+            return self.header_prefix.lower()
+        return "x-outpost-" if self.mode == "outpost" else "webhook-"
+
+
+class AdminConfig(_Strict):
+    token: str = ""
+
+
+class WorkerConfig(_Strict):
+    concurrency: int = Field(4, ge=1, le=256)
+    allow_insecure_http: bool = False
+    allowed_upload_hosts: list[str] = ["*.r2.cloudflarestorage.com"]
+    allowed_callback_hosts: list[str] = ["api.trigger.dev"]
+    lease_s: float = Field(60.0, gt=0, description="how long a claim lasts without renewal")
+    poll_interval_s: float = Field(1.0, gt=0, description="idle wait between looks for queued work")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="time given to in-flight jobs on SIGTERM")
+    chunk_bytes: int = Field(1_048_576, ge=65_536, description="streaming chunk size")
+
+
+def _check_layout(v: str) -> str:
+    names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+    unknown = names - LAYOUT_FIELDS
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(LAYOUT_FIELDS)}")
+    if not v or v.endswith("/"):
+        raise ValueError("the last segment must name the file (without extension)")
+    return v
+
+
+class _CatalogBase(_Strict):
+    layout: str = DEFAULT_LAYOUT
+
+    _layout = field_validator("layout")(classmethod(lambda cls, v: _check_layout(v)))
+
+
+class DriveCatalogConfig(_CatalogBase):
+    type: Literal["drive"]
+    root_folder_id: str = Field(min_length=1)
+    credentials_file: str = ""
+    api_endpoint: str | None = None
+    folder_cache_s: float = Field(60.0, ge=0)
+
+
+class S3CatalogConfig(_CatalogBase):
+    type: Literal["s3"]
+    bucket: str = Field(min_length=1)
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+class LocalCatalogConfig(_CatalogBase):
+    type: Literal["local"]
+    root: str = "./masters"
+
+
+CatalogConfig = Annotated[
+    DriveCatalogConfig | S3CatalogConfig | LocalCatalogConfig, Field(discriminator="type")
+]
+
+
+class RouteConfig(_Strict):
+    project: str | None = None
+    codes: list[str] = ["*"]
+    catalog: str
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    state: str = "sqlite:///./fulfiller.db"
+    receiver: ReceiverConfig
+    admin: AdminConfig = AdminConfig()
+    worker: WorkerConfig = WorkerConfig()
+    aspects: dict[str, list[str]] = {"feed": ["4x5", "1x1", "3x4"], "story_reel": ["9x16"]}
+    catalogs: dict[str, CatalogConfig] = Field(min_length=1)
+    routes: list[RouteConfig] = Field(min_length=1)
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB")
+        return v
+
+    @model_validator(mode="after")
+    def _routes_name_catalogs(self) -> Config:
+        for i, route in enumerate(self.routes):
+            if route.catalog not in self.catalogs:
+                raise _PathError(
+                    f"routes.{i}.catalog", f"no catalog named {route.catalog!r} (have {sorted(self.catalogs)})"
+                )
+        return self
+
+
+class _PathError(ValueError):
+    """A cross-field error that knows its own dotted path."""
+
+    def __init__(self, path: str, msg: str):
+        super().__init__(msg)
+        self.path = path
+
+
+def _expand(node: Any, path: str, env: Mapping[str, str], errors: list[tuple[str, str]]) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), env, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, f"{path}.{i}", env, errors) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        errors.append((path, f"environment variable {name} is not set"))
+        return ""
+
+    return _ENV_REF.sub(sub, node)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    # A discriminated union puts the tag ("drive", "s3", "local") in the path; people don't write it.
+    if len(parts) > 2 and parts[0] == "catalogs" and parts[2] in ("drive", "s3", "local"):
+        del parts[2]
+    return ".".join(parts) or "(top level)"
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Parse YAML text into a validated Config, or raise ConfigError listing every bad key."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([("(file)", f"not valid YAML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([("(file)", "must be a YAML mapping")])
+    errors: list[tuple[str, str]] = []
+    expanded = _expand(raw, "", env, errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        return Config.model_validate(expanded)
+    except ValidationError as exc:
+        out = []
+        for e in exc.errors():
+            ctx_err = (e.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, _PathError):
+                out.append((ctx_err.path, str(ctx_err)))
+                continue
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            out.append((_dotted(e["loc"]), msg.removeprefix("Value error, ")))
+        raise ConfigError(out) from None
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the configuration file at ``path``."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([("(file)", f"cannot read {path}: {exc.strerror}")]) from None
+    return parse_config(text, env)
+
+
+__all__ = [
+    "CatalogConfig",
+    "Config",
+    "ConfigError",
+    "DriveCatalogConfig",
+    "LocalCatalogConfig",
+    "S3CatalogConfig",
+    "load_config",
+    "parse_config",
+]
