@@ -81,6 +81,9 @@ class WorkerConfig(_Strict):
     poll_interval_s: float = Field(1.0, gt=0, description="idle wait between looks for queued work")
     shutdown_grace_s: float = Field(30.0, ge=0, description="time given to in-flight jobs on SIGTERM")
     chunk_bytes: int = Field(1_048_576, ge=65_536, description="streaming chunk size")
+    retry_base_s: float = Field(1.0, gt=0, description="first backoff step; later ones grow exponentially")
+    retry_max_s: float = Field(60.0, gt=0, description="longest single backoff wait")
+    http_timeout_s: float = Field(60.0, gt=0, description="connect/read/write timeout for uploads and callbacks")
 
 
 def _check_layout(v: str) -> str:

@@ -66,5 +66,9 @@ class Catalog(ABC):
     async def read_range(self, master: Master, start: int, length: int) -> bytes:
         """Up to ``length`` bytes from offset ``start`` (fewer at the end of the file)."""
 
+    async def probe(self) -> str:
+        """Reach the catalog once to prove configuration and credentials; a short description."""
+        return "configured"
+
     async def aclose(self) -> None:
         """Release connections; the default has none."""

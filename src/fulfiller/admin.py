@@ -1,0 +1,110 @@
+"""The operator API under ``/admin``: list and inspect jobs, rerun or skip one.
+
+Mounted only when an admin token is configured; every route checks it in
+constant time. Responses never carry pre-signed URL signatures or tokens.
+"""
+
+from __future__ import annotations
+
+import hmac
+from importlib.resources import files
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from fulfiller import jobs
+from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED, Store
+
+_REFUSALS = {
+    NOT_FOUND: (404, "no such job"),
+    IS_RUNNING: (409, "the job is running; wait for it to finish"),
+    PAST_DEADLINE: (409, "the job's deadline (expiresAt) has passed"),
+    NOT_RERUNNABLE: (409, "an invalid payload cannot be rerun; the platform must send a new event"),
+}
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(lo, min(hi, int(raw)))
+    except ValueError:
+        return default
+
+
+class AdminApi:
+    def __init__(self, store: Store, token: str):
+        self.store = store
+        self._token = token.encode()
+
+    def authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+
+    def routes(self) -> list[Route]:
+        def guarded(handler):  # type: ignore[no-untyped-def]
+            async def endpoint(request: Request) -> Response:
+                if not self.authorized(request):
+                    return JSONResponse({"error": "missing or wrong admin token"}, 401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                return await handler(request)
+
+            return endpoint
+
+        return [
+            Route("/admin", self.console, methods=["GET"]),
+            Route("/admin/jobs", guarded(self.list_jobs), methods=["GET"]),
+            Route("/admin/jobs/{job_id}", guarded(self.get_job), methods=["GET"]),
+            Route("/admin/jobs/{job_id}/rerun", guarded(self.rerun), methods=["POST"]),
+            Route("/admin/jobs/{job_id}/skip", guarded(self.skip), methods=["POST"]),
+        ]
+
+    async def console(self, request: Request) -> Response:
+        # The page itself holds no data; it asks for the token and calls the API with it.
+        html = files("fulfiller").joinpath("static/admin.html").read_text()
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def list_jobs(self, request: Request) -> Response:
+        status = request.query_params.get("status") or None
+        if status is not None and status not in jobs.STATUSES:
+            return JSONResponse({"error": f"unknown status {status!r}", "statuses": list(jobs.STATUSES)}, 400)
+        limit = _int_param(request, "limit", 50, 1, 500)
+        offset = _int_param(request, "offset", 0, 0, 10_000_000)
+        found = await self.store.list_jobs(status, request.query_params.get("code") or None, limit + 1, offset)
+        body = {
+            "jobs": [j.to_json() for j in found[:limit]],
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + limit if len(found) > limit else None,
+        }
+        return JSONResponse(body)
+
+    async def get_job(self, request: Request) -> Response:
+        job = await self.store.get_job(request.path_params["job_id"])
+        if job is None:
+            return JSONResponse({"error": "no such job"}, 404)
+        return JSONResponse(job.to_json(with_payload=True))
+
+    async def rerun(self, request: Request) -> Response:
+        return await self._requeue(request, None)
+
+    async def skip(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            return JSONResponse({"error": 'body must be {"reason": "..."}'}, 400)
+        return await self._requeue(request, reason.strip())
+
+    async def _requeue(self, request: Request, skip_reason: str | None) -> Response:
+        job_id = request.path_params["job_id"]
+        outcome = await self.store.requeue(job_id, skip_reason)
+        if outcome != REQUEUED:
+            status, message = _REFUSALS[outcome]
+            return JSONResponse({"error": message}, status)
+        return JSONResponse({"status": "queued", "id": job_id, "skip": skip_reason is not None}, 202)

@@ -1,0 +1,42 @@
+"""The completion callback: the platform's wait token, completed once.
+
+200/202 close the request, 409 means someone (a manual upload) completed it
+first, 410 means the hour ran out. Both are final answers, not errors.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from fulfiller.redact import redact_text
+from fulfiller.retry import Transient
+from fulfiller.transfer import Refused, response_excerpt, transient_for
+
+
+def completion_body(storage_key: str, extension: str, content_hash: str, aspect: str | None) -> dict[str, object]:
+    """The positive ack: OSS echoes the storage key; AFS adds the aspect delivered."""
+    body: dict[str, object] = {"storageKey": storage_key}
+    if aspect is not None:
+        body["aspectRatio"] = aspect
+    body["extension"] = extension
+    body["contentHash"] = content_hash
+    return body
+
+
+def skip_body(reason: str) -> dict[str, object]:
+    """The negative ack: we looked and have nothing for this bucket."""
+    return {"skip": True, "reason": reason}
+
+
+async def post_callback(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> int:
+    """POST the completion (or skip) body; return 2xx, 409 or 410, raise Transient or Refused otherwise."""
+    try:
+        response = await client.post(url, json=body)
+    except httpx.HTTPError as exc:
+        raise Transient(f"callback failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
+    if response.is_success or response.status_code in (409, 410):
+        return response.status_code
+    transient = transient_for(response, "callback")
+    if transient:
+        raise transient
+    raise Refused("callback", response.status_code, response_excerpt(response))

@@ -1,0 +1,119 @@
+"""Masters in a folder on this machine (or a mounted share).
+
+Used by the demo and by operators who sync masters to disk. Layout fields come
+from webhook payloads, so a creative code is untrusted input: a ``..`` segment
+must never walk out of the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
+from fulfiller.config import LocalCatalogConfig
+from fulfiller.media import rank
+
+# "." and ".." re-point the path instead of naming a folder in it.
+_UNSAFE_SEGMENTS = frozenset({".", ".."})
+_SEPARATORS = tuple(s for s in (os.sep, os.altsep) if s)
+
+
+class LocalCatalog(Catalog):
+    """A directory tree laid out as the config's ``layout`` says."""
+
+    def __init__(self, name: str, layout: str, root: Path):
+        super().__init__(name, layout)
+        # Resolved once so a later chdir cannot move the catalog.
+        self.root = root.resolve()
+
+    @classmethod
+    def from_config(cls, name: str, cfg: LocalCatalogConfig) -> LocalCatalog:
+        """The catalog ``cfg`` describes; a relative root is taken from the current directory."""
+        return cls(name, cfg.layout, Path(cfg.root))
+
+    async def find(self, fields: Mapping[str, Any], kind: str) -> list[Master]:
+        folders, stem = render_layout(self.layout, fields)
+        if not all(_safe(seg) for seg in [*folders, stem]):
+            return []
+        folder = self.root.joinpath(*folders)
+        entries = await asyncio.to_thread(self._list_files, folder)
+        return [
+            Master(
+                catalog=self.name,
+                object=(folder / name).relative_to(self.root).as_posix(),
+                name=name,
+                size=entries[name],
+                ref=str(folder / name),
+            )
+            for name in rank(list(entries), stem, kind)
+        ]
+
+    def _list_files(self, folder: Path) -> dict[str, int]:
+        """Regular files directly in ``folder`` with their sizes; {} when the folder is missing."""
+        # Symlinks inside the root are followed on purpose: operators link masters
+        # in from other disks. Only the request-driven path is confined.
+        if not self.root.is_dir():
+            # An absent root is an unmounted share far more often than an empty
+            # catalog; answering "not found" would send the platform a final skip.
+            raise CatalogUnavailable(f"catalog {self.name}: root folder {self.root} is missing")
+        files: dict[str, int] = {}
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    try:
+                        if entry.is_file():
+                            files[entry.name] = entry.stat().st_size
+                    except FileNotFoundError:
+                        continue  # removed (or a dangling link) while we looked: not a candidate
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        except PermissionError as exc:
+            raise CatalogError(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise CatalogUnavailable(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
+        return files
+
+    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        f = await asyncio.to_thread(self._open, master, start)
+        try:
+            while chunk := await asyncio.to_thread(self._read, master, f, chunk_size):
+                yield chunk
+        finally:
+            await asyncio.to_thread(f.close)
+
+    async def read_range(self, master: Master, start: int, length: int) -> bytes:
+        def read() -> bytes:
+            with self._open(master, start) as f:
+                return self._read(master, f, length)
+
+        return await asyncio.to_thread(read) if length > 0 else b""
+
+    def _open(self, master: Master, start: int) -> BinaryIO:
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        try:
+            f = open(master.ref, "rb")  # closed by the caller
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise CatalogError(f"catalog {self.name}: file vanished: {master.object}") from exc
+        except PermissionError as exc:
+            raise CatalogError(f"catalog {self.name}: cannot read {master.object}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise CatalogUnavailable(f"catalog {self.name}: cannot open {master.object}: {exc.strerror}") from exc
+        f.seek(start)
+        return f
+
+    def _read(self, master: Master, f: BinaryIO, size: int) -> bytes:
+        try:
+            return f.read(size)
+        except OSError as exc:
+            # EIO, a stale NFS handle: the disk or share may come back.
+            raise CatalogUnavailable(f"catalog {self.name}: read failed on {master.object}: {exc.strerror}") from exc
+
+
+def _safe(segment: str) -> bool:
+    """False for a segment that could leave its folder (``..``, separators, NUL)."""
+    return segment not in _UNSAFE_SEGMENTS and "\0" not in segment and not any(s in segment for s in _SEPARATORS)

@@ -1,0 +1,177 @@
+"""Masters in an S3 bucket, or any S3-compatible store (MinIO, R2) via ``endpoint_url``.
+
+boto3 is synchronous: every call, including each read of a response body, runs
+in a worker thread so one slow bucket never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
+
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
+from fulfiller.config import S3CatalogConfig
+from fulfiller.media import rank
+
+# Enough for every job of a process to stream while others list; boto3's
+# default of 10 would queue requests behind each other.
+MAX_POOL_CONNECTIONS = 32
+
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
+# Error codes that say "ask again later" under a 4xx status.
+_TRANSIENT_CODES = frozenset({"Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"})
+# Wrong credentials or permissions: an operator must fix the config or the policy.
+_DENIED_CODES = frozenset(
+    {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccountProblem"}
+)
+# Configuration problems boto3 reports before sending anything.
+_PERMANENT_LOCAL_ERRORS = (NoCredentialsError, PartialCredentialsError, ParamValidationError)
+
+
+class S3Catalog(Catalog):
+    """One bucket (under an optional prefix) laid out as the config's ``layout`` says."""
+
+    def __init__(self, name: str, layout: str, bucket: str, prefix: str, client: Any):
+        super().__init__(name, layout)
+        self.bucket = bucket
+        # "masters" and "masters/" both mean the folder; keys are joined with "/".
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._client = client
+
+    @classmethod
+    def from_config(cls, name: str, cfg: S3CatalogConfig) -> S3Catalog:
+        """The catalog ``cfg`` describes; credentials come from the usual AWS chain."""
+        config = Config(
+            retries={"mode": "standard"},
+            max_pool_connections=MAX_POOL_CONNECTIONS,
+            connect_timeout=10,
+            read_timeout=60,
+            # Custom endpoints (MinIO, R2, on-prem) rarely have wildcard DNS for
+            # bucket subdomains; all of them accept path-style requests.
+            s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
+        )
+        # A private session: the default one is shared and not thread-safe.
+        client = boto3.session.Session().client(
+            "s3", region_name=cfg.region, endpoint_url=cfg.endpoint_url, config=config
+        )
+        return cls(name, cfg.layout, cfg.bucket, cfg.prefix, client)
+
+    async def find(self, fields: Mapping[str, Any], kind: str) -> list[Master]:
+        folders, stem = render_layout(self.layout, fields)
+        folder = self.prefix + "".join(f"{seg}/" for seg in folders)
+        objects = await self._call(f"list {folder!r}", self._list_folder, folder)
+        return [self._master(folder + name, objects[name]) for name in rank(list(objects), stem, kind)]
+
+    def _list_folder(self, folder: str) -> dict[str, dict[str, Any]]:
+        """Objects directly in ``folder`` (not in its subfolders), by name."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=folder, Delimiter="/"
+        )
+        objects = {}
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                name = obj["Key"][len(folder) :]
+                if name:  # the empty "folder/" marker some tools create
+                    objects[name] = obj
+        return objects
+
+    def _master(self, key: str, obj: Mapping[str, Any]) -> Master:
+        etag = obj.get("ETag", "").strip('"')
+        return Master(
+            catalog=self.name,
+            object=f"s3://{self.bucket}/{key}",
+            name=key.rsplit("/", 1)[-1],
+            size=obj["Size"],
+            ref=key,
+            # A multipart ETag ("<hex>-<parts>") is not the object's MD5.
+            md5=etag if _MD5_HEX.fullmatch(etag) else None,
+            metadata={"etag": etag},
+        )
+
+    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        body = await self._get(master, start, None)
+        if body is None:
+            return
+        try:
+            while chunk := await self._call(f"read {master.object}", body.read, chunk_size):
+                yield chunk
+        finally:
+            await asyncio.to_thread(body.close)
+
+    async def read_range(self, master: Master, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        body = await self._get(master, start, start + length - 1)
+        if body is None:
+            return b""
+        try:
+            return await self._call(f"read {master.object}", body.read)
+        finally:
+            await asyncio.to_thread(body.close)
+
+    async def _get(self, master: Master, start: int, end: int | None) -> Any:
+        """The object's StreamingBody from ``start`` to ``end`` (inclusive), None when ``start`` is past the end."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": master.ref}
+        if start or end is not None:
+            # A plain GET for the whole object: "bytes=0-" is a 416 on an empty one.
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if etag := master.metadata.get("etag"):
+            # Never splice bytes of a replaced object onto a resumed upload.
+            kwargs["IfMatch"] = f'"{etag}"'
+        try:
+            response = await self._call(f"get {master.object}", self._client.get_object, **kwargs)
+        except CatalogError as exc:
+            if _code(exc.__cause__) == "InvalidRange":
+                return None
+            raise
+        return response["Body"]
+
+    async def _call(self, what: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn`` in a worker thread, its boto errors turned into catalog errors."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(what, exc) from exc
+
+    def _translate(self, what: str, exc: ClientError | BotoCoreError) -> CatalogError | CatalogUnavailable:
+        where = f"catalog {self.name}: {what} in bucket {self.bucket!r}"
+        if isinstance(exc, _PERMANENT_LOCAL_ERRORS):
+            return CatalogError(f"{where}: {exc}")
+        if not isinstance(exc, ClientError):
+            # Connection refused or cut, timeouts, truncated bodies: the network's fault.
+            return CatalogUnavailable(f"{where}: {exc}")
+        code = _code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code == "NoSuchBucket":
+            return CatalogError(f"{where}: the bucket does not exist")
+        if code in _DENIED_CODES:
+            return CatalogError(f"{where}: access denied ({code}); check the credentials and the bucket policy")
+        if code == "NoSuchKey":
+            return CatalogError(f"{where}: object vanished since it was listed")
+        if code == "PreconditionFailed":
+            # Replaced since it was listed: finding it again gives the new version.
+            return CatalogUnavailable(f"{where}: object changed since it was listed")
+        if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+            return CatalogUnavailable(f"{where}: {code or status}")
+        return CatalogError(f"{where}: {code or status}: {exc}")
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+
+def _code(exc: BaseException | None) -> str:
+    return exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""

@@ -1,0 +1,163 @@
+"""The ``fulfiller`` command: thin wiring from arguments to the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fulfiller.config import Config, ConfigError, load_config
+from fulfiller.logs import setup_logging
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIP = 0, 1, 2, 3
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("FULFILLER_CONFIG")
+    if not path:
+        raise ConfigError([("--config", "give --config PATH or set FULFILLER_CONFIG")])
+    return load_config(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fulfiller.app import create_app
+    from fulfiller.worker import worker_service
+
+    config = _config(args)
+    app = create_app(config, service=None if args.no_worker else worker_service(config))
+    uvicorn.run(
+        app,
+        host=args.host or config.server.host,
+        port=args.port or config.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(config.worker.shutdown_grace_s) + 5,
+    )
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from fulfiller.worker import run_workers
+
+    asyncio.run(run_workers(_config(args)))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(f"ok: {len(config.catalogs)} catalog(s), {len(config.routes)} route(s), state {config.state.split(':')[0]}")
+    if args.probe:
+        from fulfiller.resolve import probe_catalogs
+
+        failures = asyncio.run(probe_catalogs(config, print))
+        return EXIT_USAGE if failures else EXIT_OK
+    return EXIT_OK
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from fulfiller.resolve import dry_run
+
+    return asyncio.run(dry_run(_config(args), args, print))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from fulfiller.operator import list_jobs
+
+    return asyncio.run(list_jobs(_config(args), args.status, args.code, args.limit, args.json, print))
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from fulfiller.operator import rerun
+
+    return asyncio.run(rerun(_config(args), args.job_id, print))
+
+
+def cmd_send_test_event(args: argparse.Namespace) -> int:
+    from fulfiller.testevent import send_test_event
+
+    return send_test_event(args, print)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fulfiller.demo import run_demo
+
+    return asyncio.run(run_demo(print, keep=args.keep))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fulfiller", description="Deliver creative masters to the ad platform.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-format", choices=["json", "text"], default=None,
+                        help="log line format (default: json, or FULFILLER_LOG_FORMAT)")
+    common.add_argument("--log-level", default=os.environ.get("FULFILLER_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, config: bool = True) -> Any:
+        p = sub.add_parser(name, help=help_, parents=[common])
+        if config:
+            p.add_argument("--config", help="config file (or FULFILLER_CONFIG)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "receiver and workers in one process")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--no-worker", action="store_true", help="receiver only")
+    add("worker", cmd_worker, "workers only")
+    p = add("check-config", cmd_check_config, "validate the config file")
+    p.add_argument("--probe", action="store_true", help="also reach each catalog to prove credentials")
+    p = add("resolve", cmd_resolve, "dry run: what would be delivered for these coordinates")
+    p.add_argument("--code", required=True)
+    p.add_argument("--variation", type=int, required=True)
+    p.add_argument("--locale", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--aspect")
+    group.add_argument("--family")
+    p.add_argument("--kind", choices=["video", "image"], default="video")
+    p.add_argument("--project", default=None, help="project slug")
+    p.add_argument("--project-id", default="dry-run")
+    p = add("jobs", cmd_jobs, "list jobs")
+    p.add_argument("--status")
+    p.add_argument("--code")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p = add("rerun", cmd_rerun, "re-queue a job")
+    p.add_argument("job_id")
+    p = add("send-test-event", cmd_send_test_event, "sign a sample event as Outpost does and POST it", config=False)
+    p.add_argument("--url", required=True)
+    p.add_argument("--secret", required=True, action="append", help="repeat for rotation (current first)")
+    p.add_argument("--topic", default="video.source_requested")
+    p.add_argument("--file", help="JSON body to send instead of the sample")
+    p.add_argument("--mode", choices=["outpost", "standard"], default="outpost")
+    p.add_argument("--header-prefix", default=None)
+    p.add_argument("--timestamped", action="store_true", help="outpost mode: sign with t=<unix>")
+    p.add_argument("--upload-url", default="https://example.r2.cloudflarestorage.com/sample?X-Amz-Signature=x")
+    p.add_argument("--callback-url", default="https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_x/complete")
+    p.add_argument("--event-id", default=None)
+    p = add("demo", cmd_demo, "run the whole loop locally with sample masters", config=False)
+    p.add_argument("--keep", action="store_true", help="keep the demo's working folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fmt = args.log_format or os.environ.get("FULFILLER_LOG_FORMAT") or ("text" if args.command == "demo" else "json")
+    setup_logging(fmt, args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print("config error:", file=sys.stderr)
+        for path, msg in exc.errors:
+            print(f"  {path}: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Prometheus metrics, in a registry per app so several apps can live in one test process."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from fulfiller import jobs
+from fulfiller.store.base import Store, StoreUnavailable
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_TRANSFER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """Every metric the product exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.deliveries = Counter(
+            "fulfiller_deliveries_total", "Webhook deliveries received, by topic and outcome",
+            ["topic", "outcome"], registry=r,
+        )
+        self.ack_latency = Histogram(
+            "fulfiller_ack_latency_seconds", "Time from request start to the receiver's answer",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.jobs_finished = Counter(
+            "fulfiller_jobs_finished_total", "Jobs that reached a final status in this process",
+            ["status"], registry=r,
+        )
+        self.jobs = Gauge("fulfiller_jobs", "Jobs in the store by status", ["status"], registry=r)
+        self.oldest_queued = Gauge(
+            "fulfiller_oldest_queued_job_age_seconds", "Age of the oldest queued job (0 when none)", registry=r
+        )
+        self.bytes_uploaded = Counter(
+            "fulfiller_uploaded_bytes_total", "Master bytes uploaded successfully", registry=r
+        )
+        self.upload_duration = Histogram(
+            "fulfiller_upload_duration_seconds", "Duration of each upload try", buckets=_TRANSFER_BUCKETS, registry=r
+        )
+        self.callback_duration = Histogram(
+            "fulfiller_callback_duration_seconds", "Duration of each callback try", buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter("fulfiller_retries_total", "Retried tries, by step", ["step"], registry=r)
+
+    async def render(self, store: Store) -> bytes:
+        """The exposition text, with queue gauges read from the store at scrape time."""
+        try:
+            stats = await store.stats()
+        except StoreUnavailable:
+            # Counters still matter when the store is down; the gauges keep their last values.
+            return generate_latest(self.registry)
+        for status in jobs.STATUSES:
+            self.jobs.labels(status).set(stats.by_status.get(status, 0))
+        self.oldest_queued.set(max(0.0, time.time() - stats.oldest_queued_at) if stats.oldest_queued_at else 0.0)
+        return generate_latest(self.registry)

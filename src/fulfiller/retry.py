@@ -1,0 +1,81 @@
+"""Retrying transient failures with backoff and jitter, never past the job's deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+T = TypeVar("T")
+
+
+class Transient(Exception):
+    """A failure worth trying again: connection error, timeout, 429, 5xx, a catalog outage."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are rare from these peers)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class _Wait:
+    """Full-jitter exponential backoff, but never shorter than the peer's Retry-After."""
+
+    def __init__(self, base_s: float, cap_s: float):
+        self._jitter = wait_random_exponential(multiplier=base_s, max=cap_s)
+
+    def __call__(self, state: RetryCallState) -> float:
+        wait = self._jitter(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, Transient) and exc.retry_after is not None:
+            wait = max(wait, exc.retry_after)
+        return wait
+
+
+async def with_retries(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    deadline: float,
+    base_s: float,
+    cap_s: float,
+    on_retry: Callable[[Transient, float], None] | None = None,
+) -> T:
+    """Run ``fn`` until it succeeds or raises something other than Transient.
+
+    Stops (re-raising the last Transient) when the next wait would end past
+    ``deadline``: work that cannot finish in time is not started.
+    """
+
+    def stop(state: RetryCallState) -> bool:
+        return time.time() + (state.upcoming_sleep or 0.0) >= deadline
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if on_retry is not None and isinstance(exc, Transient):
+            on_retry(exc, state.upcoming_sleep)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(Transient),
+        wait=_Wait(base_s, cap_s),
+        stop=stop,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async def call() -> T:
+        # tenacity decides sync vs async by inspecting the callable; a lambda
+        # returning a coroutine would look sync, so always hand it a coroutine function.
+        return await fn()
+
+    return await retrying(call)

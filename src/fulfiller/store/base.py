@@ -1,0 +1,112 @@
+"""The store interface: what the receiver, the workers and the admin surface need from state.
+
+Two implementations share it (SQLite for one process, PostgreSQL for fleets).
+The promise that matters most: ``ingest`` returns only after the event, and
+the job it creates, are committed together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from fulfiller.events import Lifecycle
+from fulfiller.jobs import Attempt, Job
+
+
+class StoreUnavailable(Exception):
+    """The store cannot answer or commit right now (the receiver says 503 so the sender retries)."""
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """A verified delivery, with what it asks of the store."""
+
+    event_id: str
+    topic: str
+    body: str
+    received_at: float
+    job: Job | None = None  # the job a video.source_requested creates
+    lifecycle: Lifecycle | None = None  # the job status a follow-up event sets
+    note: str | None = None  # why nothing else happens (unknown topic, unreadable lifecycle)
+
+
+@dataclass
+class Stats:
+    """What the metrics endpoint reports about the queue."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+    oldest_queued_at: float | None = None
+
+
+# Rerun/skip outcomes, so callers can map them to HTTP statuses and exit codes.
+REQUEUED = "queued"
+NOT_FOUND = "not_found"
+IS_RUNNING = "running"
+PAST_DEADLINE = "expired"
+NOT_RERUNNABLE = "not_rerunnable"
+
+
+class Store(ABC):
+    """Durable state for events, jobs and attempts."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Prove the store can commit a write now; raise StoreUnavailable otherwise."""
+
+    @abstractmethod
+    async def ingest(self, event: IncomingEvent) -> bool:
+        """Store the event and its effects in one transaction: True if new, False for a duplicate id."""
+
+    @abstractmethod
+    async def claim(self, owner: str, lease_s: float) -> Job | None:
+        """Take the oldest runnable job (queued, or running with a lapsed lease) for ``owner``."""
+
+    @abstractmethod
+    async def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Extend the lease; False when the job is no longer ours (lease lost, or closed by an event)."""
+
+    @abstractmethod
+    async def add_attempt(self, job_id: str, attempt: Attempt) -> None: ...
+
+    @abstractmethod
+    async def update(self, job_id: str, owner: str, fields: dict[str, Any]) -> bool:
+        """Record progress on a job we hold."""
+
+    @abstractmethod
+    async def finish(self, job_id: str, owner: str, status: str, fields: dict[str, Any]) -> bool:
+        """Move a job we hold to a final status; False if it is no longer ours."""
+
+    @abstractmethod
+    async def release(self, job_id: str, owner: str, not_before: float = 0.0) -> bool:
+        """Give a job we hold back to the queue (shutdown, or retry later)."""
+
+    @abstractmethod
+    async def get_job(self, job_id: str) -> Job | None:
+        """One job with its attempts."""
+
+    @abstractmethod
+    async def list_jobs(
+        self, status: str | None = None, code: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Job]:
+        """Jobs newest first, optionally by status and by a substring of the creative code."""
+
+    @abstractmethod
+    async def requeue(self, job_id: str, skip_reason: str | None = None) -> str:
+        """Queue a job again (rerun, or a forced skip); one of the outcome constants above."""
+
+    @abstractmethod
+    async def stats(self) -> Stats: ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Sleep until work may be available; stores that can be notified return early."""
+        await asyncio.sleep(timeout)

@@ -1,0 +1,557 @@
+"""The store on a SQL database, shared by the SQLite and PostgreSQL backends.
+
+Writes go through one writer thread that commits them in groups: while one
+commit waits on fsync, new writes queue up and share the next one. Each write
+runs in its own savepoint so one failing write never spoils its neighbours,
+and each caller is answered only after the commit that holds its write.
+Reads use their own connections and never wait behind a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fulfiller import jobs
+from fulfiller.events import Lifecycle
+from fulfiller.jobs import Attempt, Job
+from fulfiller.store.base import (
+    IS_RUNNING,
+    NOT_FOUND,
+    NOT_RERUNNABLE,
+    PAST_DEADLINE,
+    REQUEUED,
+    IncomingEvent,
+    Stats,
+    Store,
+    StoreUnavailable,
+)
+
+# Columns of the jobs table, in Job's field order (attempts live in their own table).
+JOB_COLUMNS = (
+    "id", "event_id", "status", "request_kind", "payload", "storage_key", "project_id", "code",
+    "variation", "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "extension",
+    "content_type", "content_hash", "bytes", "skip_reason", "error", "lifecycle_reason", "source",
+    "runs", "lease_owner", "lease_until", "not_before", "skip_requested",
+)
+# What a worker may record on a job it holds.
+UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
+_SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL databases we speak."""
+
+    placeholder: str  # "?" or "%s"
+    serial_pk: str  # an auto-increment primary key column type
+    begin: str  # a write transaction that takes the write lock at once
+    skip_locked: str  # claim suffix so concurrent claimers pass over each other's rows
+
+    def q(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder) if self.placeholder != "?" else sql
+
+
+def migrations(d: Dialect) -> list[list[str]]:
+    """Schema versions in order; version N is ``migrations()[N-1]``."""
+    return [
+        [
+            """CREATE TABLE events (
+                event_id TEXT PRIMARY KEY,
+                topic TEXT NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                body TEXT NOT NULL,
+                note TEXT,
+                lc_status TEXT,
+                lc_storage_key TEXT,
+                lc_coords TEXT,
+                lc_aspect TEXT,
+                lc_reason TEXT,
+                applied_job TEXT
+            )""",
+            "CREATE INDEX events_pending_lc ON events (lc_status, applied_job)",
+            """CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                event_id TEXT NOT NULL UNIQUE REFERENCES events (event_id),
+                status TEXT NOT NULL,
+                request_kind TEXT,
+                payload TEXT NOT NULL,
+                storage_key TEXT,
+                project_id TEXT,
+                code TEXT,
+                variation BIGINT,
+                locale TEXT,
+                expires_at DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                chosen_aspect TEXT,
+                extension TEXT,
+                content_type TEXT,
+                content_hash TEXT,
+                bytes BIGINT,
+                skip_reason TEXT,
+                error TEXT,
+                lifecycle_reason TEXT,
+                source TEXT,
+                runs INTEGER NOT NULL DEFAULT 0,
+                lease_owner TEXT,
+                lease_until DOUBLE PRECISION,
+                not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+                skip_requested TEXT
+            )""",
+            "CREATE INDEX jobs_runnable ON jobs (status, not_before)",
+            "CREATE INDEX jobs_created ON jobs (created_at)",
+            "CREATE INDEX jobs_storage_key ON jobs (storage_key)",
+            "CREATE INDEX jobs_coords ON jobs (project_id, code, variation, locale)",
+            f"""CREATE TABLE attempts (
+                id {d.serial_pk},
+                job_id TEXT NOT NULL REFERENCES jobs (id),
+                step TEXT NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                duration_ms DOUBLE PRECISION NOT NULL,
+                http_status INTEGER,
+                error TEXT,
+                detail TEXT
+            )""",
+            "CREATE INDEX attempts_job ON attempts (job_id, id)",
+        ],
+    ]
+
+
+def coords_key(project_id: str, code: str, variation: int, locale: str) -> str:
+    return json.dumps([project_id, code, variation, locale])
+
+
+class SqlStore(Store):
+    """A Store over DB-API connections; subclasses say how to connect and which dialect."""
+
+    dialect: Dialect
+    max_batch = 256
+
+    def __init__(self) -> None:
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._work: asyncio.Event | None = None
+
+    # -- what a backend provides --------------------------------------------------
+
+    @abstractmethod
+    def _connect(self) -> Any:
+        """A new DB-API connection in autocommit mode (we issue BEGIN/COMMIT ourselves)."""
+
+    @abstractmethod
+    def _migrate(self, conn: Any) -> None:
+        """Apply pending migrations (backends add their own locking)."""
+
+    @abstractmethod
+    @contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """A connection for reads, from the calling thread's pool."""
+
+    # -- plumbing -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._work = asyncio.Event()
+        await asyncio.to_thread(self._open_sync)
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    def _open_sync(self) -> None:
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        finally:
+            conn.close()
+
+    def _apply_migrations(self, conn: Any) -> None:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE IF NOT EXISTS fulfiller_schema (version INTEGER NOT NULL)")
+        cur.execute("SELECT max(version) FROM fulfiller_schema")
+        current = cur.fetchone()[0] or 0
+        for version, statements in enumerate(migrations(self.dialect), start=1):
+            if version <= current:
+                continue
+            for sql in statements:
+                cur.execute(sql)
+            cur.execute(self.dialect.q("INSERT INTO fulfiller_schema (version) VALUES (?)"), (version,))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writes.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+
+    async def _write(self, fn: Callable[[Any], Any]) -> Any:
+        if self._writer is None:
+            raise StoreUnavailable("store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._writes.put((fn, fut, loop))
+        result = await fut
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _write_loop(self) -> None:
+        conn = None
+        stopping = False
+        while not stopping:
+            item = self._writes.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                if conn is None:
+                    conn = self._connect()
+                results = self._run_batch(conn, [fn for fn, _, _ in batch])
+            except Exception as exc:  # the connection or the commit failed: nothing in this batch is stored
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+                    conn = None
+                failure = StoreUnavailable(f"store write failed: {type(exc).__name__}: {exc}")
+                results = [failure] * len(batch)
+            for (_, fut, loop), result in zip(batch, results):
+                loop.call_soon_threadsafe(_settle, fut, result)
+        if conn is not None:
+            conn.close()
+
+    def _run_batch(self, conn: Any, fns: list[Callable[[Any], Any]]) -> list[Any]:
+        cur = conn.cursor()
+        cur.execute(self.dialect.begin)
+        results: list[Any] = []
+        try:
+            for fn in fns:
+                cur.execute("SAVEPOINT op")
+                try:
+                    results.append(fn(cur))
+                    cur.execute("RELEASE SAVEPOINT op")
+                except self._integrity_errors() as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT op")
+                    cur.execute("RELEASE SAVEPOINT op")
+                    results.append(StoreUnavailable(f"{type(exc).__name__}: {exc}"))
+            cur.execute("COMMIT")
+        except Exception:
+            try:
+                cur.execute("ROLLBACK")
+            except Exception:
+                pass
+            raise
+        return results
+
+    def _integrity_errors(self) -> tuple[type[BaseException], ...]:
+        """Errors that spoil one write, not the transaction (constraint violations, bad data)."""
+        return ()
+
+    async def _read(self, fn: Callable[[Any], Any]) -> Any:
+        def run() -> Any:
+            with self._reader() as conn:
+                return fn(conn.cursor())
+
+        try:
+            return await asyncio.to_thread(run)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"store read failed: {type(exc).__name__}: {exc}") from exc
+
+    def _x(self, cur: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        cur.execute(self.dialect.q(sql), params)
+        return cur
+
+    def _wake(self) -> None:
+        if self._work is not None:
+            self._work.set()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        assert self._work is not None
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._work.clear()
+
+    # -- operations -----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        now = time.time()
+        await self._write(lambda cur: self._x(cur, "SELECT ?", (now,)).fetchone())
+
+    async def ingest(self, event: IncomingEvent) -> bool:
+        stored = await self._write(lambda cur: self._ingest(cur, event))
+        if stored and event.job is not None:
+            self._wake()
+        return stored
+
+    def _ingest(self, cur: Any, ev: IncomingEvent) -> bool:
+        lc = ev.lifecycle
+        lc_coords = coords_key(*_coords_tuple(lc)) if lc and lc.coords else None
+        self._x(
+            cur,
+            "INSERT INTO events (event_id, topic, received_at, body, note, lc_status, lc_storage_key,"
+            " lc_coords, lc_aspect, lc_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (
+                ev.event_id, ev.topic, ev.received_at, ev.body, ev.note,
+                lc.status if lc else None, lc.storage_key if lc else None, lc_coords,
+                lc.aspect if lc else None, lc.reason if lc else None,
+            ),
+        )
+        if cur.rowcount == 0:
+            return False
+        if ev.job is not None:
+            self._insert_job(cur, ev.job)
+            self._apply_early_lifecycle(cur, ev.job)
+        if lc is not None:
+            job_id = self._match_job(cur, lc)
+            if job_id is not None:
+                self._apply_lifecycle(cur, ev.event_id, job_id, lc.status, lc.reason, ev.received_at)
+        return True
+
+    def _insert_job(self, cur: Any, job: Job) -> None:
+        values = [getattr(job, c) for c in JOB_COLUMNS]
+        values[JOB_COLUMNS.index("payload")] = json.dumps(job.payload)
+        marks = ", ".join("?" for _ in JOB_COLUMNS)
+        self._x(cur, f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", tuple(values))
+
+    def _match_job(self, cur: Any, lc: Lifecycle) -> str | None:
+        if lc.storage_key:
+            row = self._x(
+                cur, "SELECT id FROM jobs WHERE storage_key = ? ORDER BY created_at DESC LIMIT 1", (lc.storage_key,)
+            ).fetchone()
+            if row:
+                return row[0]
+        if lc.coords is None:
+            return None
+        rows = self._x(
+            cur,
+            "SELECT id, chosen_aspect, payload FROM jobs WHERE project_id = ? AND code = ? AND variation = ?"
+            " AND locale = ? ORDER BY created_at DESC",
+            _coords_tuple(lc),
+        ).fetchall()
+        # A hybrid creative has a feed job and a story_reel job on the same coordinates:
+        # prefer the one whose aspect is the one the event names.
+        for job_id, chosen, payload in rows:
+            creative = json.loads(payload).get("creative") or {}
+            if lc.aspect and lc.aspect in (chosen, creative.get("aspectRatio")):
+                return job_id
+        return rows[0][0] if rows else None
+
+    def _apply_lifecycle(
+        self, cur: Any, event_id: str, job_id: str, status: str, reason: str | None, now: float
+    ) -> None:
+        self._x(
+            cur,
+            "UPDATE jobs SET status = ?, lifecycle_reason = ?, lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ?",
+            (status, reason, now, job_id),
+        )
+        self._x(cur, "UPDATE events SET applied_job = ? WHERE event_id = ?", (job_id, event_id))
+
+    def _apply_early_lifecycle(self, cur: Any, job: Job) -> None:
+        """A follow-up event that arrived before its request (deliveries can cross) applies now."""
+        assert job.project_id is not None and job.code is not None
+        assert job.variation is not None and job.locale is not None
+        row = self._x(
+            cur,
+            "SELECT event_id, lc_status, lc_reason FROM events WHERE lc_status IS NOT NULL AND applied_job IS NULL"
+            " AND (lc_storage_key = ? OR (lc_storage_key IS NULL AND lc_coords = ?))"
+            " ORDER BY received_at DESC LIMIT 1",
+            (job.storage_key, coords_key(job.project_id, job.code, job.variation, job.locale)),
+        ).fetchone()
+        if row:
+            self._apply_lifecycle(cur, row[0], job.id, row[1], row[2], job.created_at)
+
+    async def claim(self, owner: str, lease_s: float) -> Job | None:
+        def op(cur: Any) -> Job | None:
+            now = time.time()
+            row = self._x(
+                cur,
+                "SELECT id FROM jobs WHERE (status = 'queued' AND not_before <= ?)"
+                " OR (status = 'running' AND lease_until < ?) ORDER BY not_before, created_at LIMIT 1"
+                + self.dialect.skip_locked,
+                (now, now),
+            ).fetchone()
+            if row is None:
+                return None
+            self._x(
+                cur,
+                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, runs = runs + 1,"
+                " updated_at = ? WHERE id = ?",
+                (owner, now + lease_s, now, row[0]),
+            )
+            return self._load_job(cur, row[0], with_attempts=False)
+
+        return await self._write(op)
+
+    async def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
+        def op(cur: Any) -> bool:
+            self._x(
+                cur,
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (time.time() + lease_s, job_id, owner),
+            )
+            return bool(cur.rowcount)
+
+        return await self._write(op)
+
+    async def add_attempt(self, job_id: str, attempt: Attempt) -> None:
+        await self._write(
+            lambda cur: self._x(
+                cur,
+                "INSERT INTO attempts (job_id, step, started_at, duration_ms, http_status, error, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, attempt.step, attempt.started_at, attempt.duration_ms, attempt.http_status,
+                 attempt.error, attempt.detail),
+            )
+        )
+
+    def _set_clause(self, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        bad = set(fields) - UPDATABLE
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        cols = [*fields, "updated_at"]
+        return ", ".join(f"{c} = ?" for c in cols), (*fields.values(), time.time())
+
+    async def update(self, job_id: str, owner: str, fields: dict[str, Any]) -> bool:
+        return await self._update_held(job_id, owner, fields, None)
+
+    async def finish(self, job_id: str, owner: str, status: str, fields: dict[str, Any]) -> bool:
+        return await self._update_held(job_id, owner, {**fields, "lease_until": None, "not_before": 0.0}, status)
+
+    async def _update_held(self, job_id: str, owner: str, fields: dict[str, Any], status: str | None) -> bool:
+        bad = set(fields) - UPDATABLE
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        sets = [f"{c} = ?" for c in fields] + ["updated_at = ?"]
+        values: list[Any] = [*fields.values(), time.time()]
+        if status is not None:
+            sets += ["status = ?", "lease_owner = NULL"]
+            values.append(status)
+
+        def op(cur: Any) -> bool:
+            self._x(
+                cur,
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (*values, job_id, owner),
+            )
+            return bool(cur.rowcount)
+
+        return await self._write(op)
+
+    async def release(self, job_id: str, owner: str, not_before: float = 0.0) -> bool:
+        def op(cur: Any) -> bool:
+            self._x(
+                cur,
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, not_before = ?,"
+                " updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (not_before, time.time(), job_id, owner),
+            )
+            return bool(cur.rowcount)
+
+        released = await self._write(op)
+        if released:
+            self._wake()
+        return released
+
+    def _load_job(self, cur: Any, job_id: str, *, with_attempts: bool) -> Job | None:
+        row = self._x(cur, f"{_SELECT_JOB} WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        job = _job_from_row(row)
+        if with_attempts:
+            rows = self._x(
+                cur,
+                "SELECT step, started_at, duration_ms, http_status, error, detail FROM attempts"
+                " WHERE job_id = ? ORDER BY id",
+                (job_id,),
+            ).fetchall()
+            job.attempts = [Attempt(*r) for r in rows]
+        return job
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return await self._read(lambda cur: self._load_job(cur, job_id, with_attempts=True))
+
+    async def list_jobs(
+        self, status: str | None = None, code: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Job]:
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if code:
+            where.append("lower(code) LIKE ?")
+            params.append(f"%{code.lower()}%")
+        sql = _SELECT_JOB + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+        rows = await self._read(lambda cur: self._x(cur, sql, (*params, limit, offset)).fetchall())
+        return [_job_from_row(r) for r in rows]
+
+    async def requeue(self, job_id: str, skip_reason: str | None = None) -> str:
+        def op(cur: Any) -> str:
+            row = self._x(cur, "SELECT status, expires_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return NOT_FOUND
+            status, expires_at = row
+            if status == jobs.RUNNING:
+                return IS_RUNNING
+            if status == jobs.INVALID:
+                return NOT_RERUNNABLE
+            if expires_at is not None and expires_at <= time.time():
+                return PAST_DEADLINE
+            self._x(
+                cur,
+                "UPDATE jobs SET status = 'queued', not_before = 0, error = NULL, skip_reason = NULL,"
+                " skip_requested = ?, updated_at = ? WHERE id = ?",
+                (skip_reason, time.time(), job_id),
+            )
+            return REQUEUED
+
+        outcome = await self._write(op)
+        if outcome == REQUEUED:
+            self._wake()
+        return outcome
+
+    async def stats(self) -> Stats:
+        def op(cur: Any) -> Stats:
+            counts = self._x(cur, "SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+            oldest = self._x(cur, "SELECT min(created_at) FROM jobs WHERE status = 'queued'").fetchone()[0]
+            return Stats({s: int(n) for s, n in counts}, oldest)
+
+        return await self._read(op)
+
+
+def _coords_tuple(lc: Lifecycle) -> tuple[str, str, int, str]:
+    assert lc.coords is not None
+    c = lc.coords
+    return (c.project_id, c.code, c.variation, c.locale)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _job_from_row(row: tuple[Any, ...]) -> Job:
+    values = dict(zip(JOB_COLUMNS, row))
+    values["payload"] = json.loads(values["payload"])
+    return Job(**values)

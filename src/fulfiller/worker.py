@@ -1,0 +1,163 @@
+"""The worker loop: claim a job, hold its lease while the engine runs it, repeat.
+
+A claim is a lease, renewed while the job runs; a worker that dies stops
+renewing and another takes the job once the lease lapses. On shutdown the
+loop stops claiming, gives in-flight jobs a grace period, then releases what
+is left back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+
+from fulfiller.config import Config
+from fulfiller.engine import Engine
+from fulfiller.jobs import Job
+from fulfiller.metrics import Metrics
+from fulfiller.resolve import Catalogs
+from fulfiller.store import Store, StoreUnavailable, open_store
+
+log = logging.getLogger("fulfiller.worker")
+
+
+class WorkerPool:
+    """Up to ``worker.concurrency`` jobs at once in this process."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics):
+        self.config = config
+        self.store = store
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        w = config.worker
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(w.http_timeout_s),
+            follow_redirects=False,  # a redirect could lead outside the allow-lists
+            limits=httpx.Limits(max_connections=w.concurrency * 2, max_keepalive_connections=w.concurrency),
+        )
+        self.catalogs = Catalogs(config)
+        self.engine = Engine(config, store, metrics, self.catalogs, self.client)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until ``stop`` is set, then drain."""
+        w = self.config.worker
+        log.info("worker started", extra={"worker": self.owner})
+        while not stop.is_set():
+            if len(self._tasks) >= w.concurrency:
+                await _first(stop.wait(), self._slot_freed.wait())
+                self._slot_freed.clear()
+                continue
+            try:
+                job = await self.store.claim(self.owner, w.lease_s)
+            except StoreUnavailable as exc:
+                log.error("cannot claim work: %s", exc, extra={"worker": self.owner})
+                await _first(stop.wait(), asyncio.sleep(w.poll_interval_s))
+                continue
+            if job is None:
+                await _first(stop.wait(), self.store.wait_for_work(w.poll_interval_s))
+                continue
+            self._tasks[job.id] = asyncio.create_task(self._hold(job), name=f"job {job.id}")
+        await self._drain()
+
+    async def _hold(self, job: Job) -> None:
+        extra = {"job_id": job.id, "event_id": job.event_id, "worker": self.owner}
+        work = asyncio.create_task(self.engine.run(job, self.owner))
+        renewer = asyncio.create_task(self._renew(job, work))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not work.done():
+                work.cancel()
+            if self._stopping:
+                with contextlib.suppress(StoreUnavailable):
+                    await asyncio.shield(self.store.release(job.id, self.owner))
+                log.info("job released at shutdown", extra=extra)
+            elif not renewer.done():
+                raise
+            else:
+                log.warning("job lease lost; stopped working on it", extra=extra)
+        except StoreUnavailable as exc:
+            # Its lease will lapse and a worker will take it again once the store is back.
+            log.error("store unavailable during job: %s", exc, extra=extra)
+        except Exception:
+            log.exception("job crashed; it will be taken again when its lease lapses", extra=extra)
+        finally:
+            renewer.cancel()
+            self._tasks.pop(job.id, None)
+            self._slot_freed.set()
+
+    async def _renew(self, job: Job, work: asyncio.Task[str]) -> None:
+        lease = self.config.worker.lease_s
+        while not work.done():
+            await asyncio.sleep(lease / 3)
+            try:
+                held = await self.store.renew(job.id, self.owner, lease)
+            except StoreUnavailable:
+                continue  # keep working; the next renewal may succeed before the lease lapses
+            if not held:
+                work.cancel()
+                return
+
+    async def _drain(self) -> None:
+        self._stopping = True
+        grace = self.config.worker.shutdown_grace_s
+        if self._tasks:
+            log.info("waiting up to %ss for %d job(s)", grace, len(self._tasks), extra={"worker": self.owner})
+            _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.client.aclose()
+        await self.catalogs.aclose()
+
+
+async def _first(*aws: object) -> None:
+    """Wait until the first of ``aws`` finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]  # type: ignore[arg-type]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def worker_service(config: Config) -> Callable[[Store, Metrics], contextlib.AbstractAsyncContextManager[object]]:
+    """Workers as a service of the web app (``fulfiller serve``): started and stopped with it."""
+
+    @contextlib.asynccontextmanager
+    async def service(store: Store, metrics: Metrics) -> AsyncIterator[object]:
+        stop = asyncio.Event()
+        pool = WorkerPool(config, store, metrics)
+        task = asyncio.create_task(pool.run(stop))
+        try:
+            yield pool
+        finally:
+            stop.set()
+            await task
+
+    return service
+
+
+async def run_workers(config: Config) -> None:
+    """``fulfiller worker``: workers only, until SIGTERM or SIGINT."""
+    store = open_store(config.state)
+    await store.open()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await WorkerPool(config, store, Metrics()).run(stop)
+    finally:
+        await store.close()

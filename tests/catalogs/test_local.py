@@ -1,0 +1,148 @@
+"""LocalCatalog against real files in a temporary tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
+from fulfiller.catalogs.local import LocalCatalog
+from fulfiller.catalogs.registry import build_catalog
+from fulfiller.config import DEFAULT_LAYOUT, LocalCatalogConfig
+
+MEDIA = Path(__file__).parent.parent / "media"
+FIELDS = {
+    "project": "hearty",
+    "project_id": "p_42",
+    "code": "HRT-001",
+    "variation": 2,
+    "locale": "en_US",
+    "aspect": "9x16",
+    "kind": "video",
+}
+
+
+def put(root: Path, rel: str, data: bytes | None = None) -> bytes:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (MEDIA / "9x16.mp4").read_bytes() if data is None else data
+    path.write_bytes(data)
+    return data
+
+
+def catalog(root: Path, layout: str = DEFAULT_LAYOUT) -> LocalCatalog:
+    return LocalCatalog.from_config("disk", LocalCatalogConfig(type="local", root=str(root), layout=layout))
+
+
+async def test_find_fills_every_placeholder(tmp_path: Path) -> None:
+    data = put(tmp_path, "hearty/p_42/video/HRT-001/v2/en_US/9x16.mp4")
+    cat = catalog(tmp_path, "{project}/{project_id}/{kind}/{code}/v{variation}/{locale}/{aspect}")
+
+    [master] = await cat.find(FIELDS, "video")
+
+    assert master.catalog == "disk"
+    assert master.object == "hearty/p_42/video/HRT-001/v2/en_US/9x16.mp4"
+    assert master.name == "9x16.mp4"
+    assert master.size == len(data)
+    assert Path(master.ref) == tmp_path.resolve() / master.object
+    assert Path(master.ref).is_absolute()
+
+
+async def test_relative_root_is_taken_from_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    put(tmp_path / "masters", "HRT-001/v2/en_US/9x16.mp4")
+    monkeypatch.chdir(tmp_path)
+    cat = LocalCatalog.from_config("disk", LocalCatalogConfig(type="local"))  # root: ./masters
+    monkeypatch.chdir("/")
+
+    [master] = await cat.find(FIELDS, "video")
+
+    assert Path(master.ref) == (tmp_path / "masters/HRT-001/v2/en_US/9x16.mp4").resolve()
+
+
+async def test_extensions_are_case_blind(tmp_path: Path) -> None:
+    put(tmp_path, "HRT-001/v2/en_US/9X16.MP4")
+    [master] = await catalog(tmp_path).find(FIELDS, "video")
+    assert master.name == "9X16.MP4"
+
+
+async def test_choice_among_extensions_is_deterministic(tmp_path: Path) -> None:
+    for name in ["9x16.mkv", "9x16.webm", "9x16.MOV", "9x16.mp4"]:
+        put(tmp_path, f"HRT-001/v2/en_US/{name}")
+    masters = await catalog(tmp_path).find(FIELDS, "video")
+    assert [m.name for m in masters] == ["9x16.mp4", "9x16.MOV", "9x16.webm", "9x16.mkv"]
+
+
+async def test_wrong_kind_and_other_stems_are_ignored(tmp_path: Path) -> None:
+    for name in ["9x16.jpg", "9x16.png", "9x16.mp4.part", "9x16_old.mp4", "4x5.mp4", "9x16"]:
+        put(tmp_path, f"HRT-001/v2/en_US/{name}")
+    (tmp_path / "HRT-001/v2/en_US/9x16.webm").mkdir()  # a folder is never a master
+
+    assert await catalog(tmp_path).find(FIELDS, "video") == []
+    images = await catalog(tmp_path).find(FIELDS, "image")
+    assert [m.name for m in images] == ["9x16.jpg", "9x16.png"]
+
+
+async def test_missing_folder_is_not_found(tmp_path: Path) -> None:
+    assert await catalog(tmp_path).find(FIELDS, "video") == []
+    put(tmp_path, "HRT-001/v2/en_US", b"a file where a folder should be")
+    assert await catalog(tmp_path).find(FIELDS, "video") == []
+
+
+async def test_missing_root_is_unavailable_not_a_skip(tmp_path: Path) -> None:
+    with pytest.raises(CatalogUnavailable, match="root folder"):
+        await catalog(tmp_path / "unmounted").find(FIELDS, "video")
+
+
+@pytest.mark.parametrize("code", ["../outside", "..", ".", "a/../../outside", "x\0y"])
+async def test_path_escape_is_refused(tmp_path: Path, code: str) -> None:
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)  # so the kernel can walk "a/.." for real
+    put(tmp_path, "outside/v2/en_US/9x16.mp4")
+    put(tmp_path, "v2/en_US/9x16.mp4")  # what "." and ".." would land on
+    put(root, "v2/en_US/9x16.mp4")
+    assert await catalog(root).find({**FIELDS, "code": code}, "video") == []
+
+
+async def test_stream_from_offset_gives_exact_bytes(tmp_path: Path) -> None:
+    data = put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
+    [master] = await catalog(tmp_path).find(FIELDS, "video")
+    cat = catalog(tmp_path)
+
+    chunks = [c async for c in cat.stream(master, start=1000, chunk_size=1024)]
+
+    assert b"".join(chunks) == data[1000:]
+    assert [len(c) for c in chunks[:-1]] == [1024] * (len(chunks) - 1)
+    assert b"".join([c async for c in cat.stream(master)]) == data
+    assert [c async for c in cat.stream(master, start=len(data))] == []
+
+
+async def test_read_range(tmp_path: Path) -> None:
+    data = put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
+    cat = catalog(tmp_path)
+    [master] = await cat.find(FIELDS, "video")
+
+    assert await cat.read_range(master, 0, 12) == data[:12]
+    assert await cat.read_range(master, 100, 50) == data[100:150]
+    assert await cat.read_range(master, len(data) - 5, 100) == data[-5:]
+    assert await cat.read_range(master, len(data) + 10, 100) == b""
+    assert await cat.read_range(master, 0, 0) == b""
+
+
+async def test_vanished_file_is_a_catalog_error(tmp_path: Path) -> None:
+    put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
+    cat = catalog(tmp_path)
+    [master] = await cat.find(FIELDS, "video")
+    Path(master.ref).unlink()
+
+    with pytest.raises(CatalogError, match="vanished"):
+        await cat.read_range(master, 0, 10)
+    with pytest.raises(CatalogError, match="vanished"):
+        [c async for c in cat.stream(master)]
+
+
+def test_registry_builds_local(tmp_path: Path) -> None:
+    cat = build_catalog("disk", LocalCatalogConfig(type="local", root=str(tmp_path)))
+    assert isinstance(cat, LocalCatalog)
+    assert cat.name == "disk"
+    assert cat.root == tmp_path.resolve()

@@ -1,0 +1,224 @@
+"""S3Catalog against a real S3 API (moto's server) over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
+from fulfiller.catalogs.registry import build_catalog
+from fulfiller.catalogs.s3 import S3Catalog
+from fulfiller.config import DEFAULT_LAYOUT, S3CatalogConfig
+
+MEDIA = Path(__file__).parent.parent / "media"
+MP4 = (MEDIA / "9x16.mp4").read_bytes()
+FIELDS = {
+    "project": "hearty",
+    "project_id": "p_42",
+    "code": "HRT-001",
+    "variation": 2,
+    "locale": "en_US",
+    "aspect": "9x16",
+    "kind": "video",
+}
+FOLDER = "HRT-001/v2/en_US/"
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"masters-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def catalog(endpoint: str, bucket: str, **cfg: Any) -> S3Catalog:
+    return S3Catalog.from_config(
+        "bucket", S3CatalogConfig(type="s3", bucket=bucket, endpoint_url=endpoint, region="us-east-1", **cfg)
+    )
+
+
+@pytest.fixture
+def closed_port(aws_test_env: None) -> int:
+    """A port nothing listens on: bound once to learn a free number, then closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_find_fills_every_placeholder(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    key = "hearty/p_42/video/HRT-001/v2/en_US/9x16.mp4"
+    s3.put_object(Bucket=bucket, Key=key, Body=MP4)
+    cat = catalog(moto_endpoint, bucket, layout="{project}/{project_id}/{kind}/{code}/v{variation}/{locale}/{aspect}")
+
+    [master] = await cat.find(FIELDS, "video")
+
+    assert master.catalog == "bucket"
+    assert master.object == f"s3://{bucket}/{key}"
+    assert master.ref == key
+    assert master.name == "9x16.mp4"
+    assert master.size == len(MP4)
+    assert master.md5 == hashlib.md5(MP4).hexdigest()
+
+
+async def test_extensions_are_case_blind(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9X16.MP4", Body=MP4)
+    [master] = await catalog(moto_endpoint, bucket).find(FIELDS, "video")
+    assert master.name == "9X16.MP4"
+
+
+async def test_choice_among_extensions_is_deterministic(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    for name in ["9x16.mkv", "9x16.webm", "9x16.MOV", "9x16.mp4"]:
+        s3.put_object(Bucket=bucket, Key=FOLDER + name, Body=MP4)
+    masters = await catalog(moto_endpoint, bucket).find(FIELDS, "video")
+    assert [m.name for m in masters] == ["9x16.mp4", "9x16.MOV", "9x16.webm", "9x16.mkv"]
+
+
+async def test_wrong_kind_subfolders_and_markers_are_ignored(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    for key in ["9x16.jpg", "9x16.mp4.part", "9x16_old.mp4", "old/9x16.mp4", "9x16.mp4/", ""]:
+        s3.put_object(Bucket=bucket, Key=FOLDER + key, Body=b"")
+    cat = catalog(moto_endpoint, bucket)
+
+    assert await cat.find(FIELDS, "video") == []
+    assert [m.name for m in await cat.find(FIELDS, "image")] == ["9x16.jpg"]
+
+
+async def test_keys_needing_url_encoding(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    key = "Été 2024+HRT/v2/en_US/9x16 final.mp4"
+    s3.put_object(Bucket=bucket, Key=key, Body=MP4)
+    fields = {**FIELDS, "code": "Été 2024+HRT", "aspect": "9x16 final"}
+
+    [master] = await catalog(moto_endpoint, bucket).find(fields, "video")
+
+    assert master.ref == key
+    assert await catalog(moto_endpoint, bucket).read_range(master, 0, 12) == MP4[:12]
+
+
+async def test_missing_folder_is_not_found(moto_endpoint: str, bucket: str) -> None:
+    assert await catalog(moto_endpoint, bucket).find(FIELDS, "video") == []
+
+
+async def test_finds_past_the_first_page(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    # S3 returns at most 1000 keys per page; the master sorts after all of them.
+    names = [f"{i:04d}.jpg" for i in range(1004)] + ["9x16.mp4"]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda n: s3.put_object(Bucket=bucket, Key=FOLDER + n, Body=b"x"), names))
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=FOLDER)["IsTruncated"]  # really two pages
+
+    [master] = await catalog(moto_endpoint, bucket).find(FIELDS, "video")
+
+    assert master.ref == FOLDER + "9x16.mp4"
+
+
+@pytest.mark.parametrize("prefix", ["masters", "masters/", "/masters/"])
+async def test_prefix(moto_endpoint: str, s3: Any, bucket: str, prefix: str) -> None:
+    s3.put_object(Bucket=bucket, Key="masters/" + FOLDER + "9x16.mp4", Body=MP4)
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mov", Body=MP4)  # outside the prefix
+
+    [master] = await catalog(moto_endpoint, bucket, prefix=prefix).find(FIELDS, "video")
+
+    assert master.ref == "masters/" + FOLDER + "9x16.mp4"
+    assert master.object == f"s3://{bucket}/masters/{FOLDER}9x16.mp4"
+
+
+async def test_multipart_etag_is_not_an_md5(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    key = FOLDER + "9x16.mp4"
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)
+    part = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=MP4)
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+
+    [master] = await catalog(moto_endpoint, bucket).find(FIELDS, "video")
+
+    assert master.md5 is None
+    assert master.size == len(MP4)
+
+
+async def test_stream_from_offset_gives_exact_bytes(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=MP4)
+    cat = catalog(moto_endpoint, bucket)
+    [master] = await cat.find(FIELDS, "video")
+
+    chunks = [c async for c in cat.stream(master, start=1000, chunk_size=1024)]
+
+    assert b"".join(chunks) == MP4[1000:]
+    assert max(len(c) for c in chunks) <= 1024
+    assert b"".join([c async for c in cat.stream(master)]) == MP4
+    assert [c async for c in cat.stream(master, start=len(MP4))] == []
+
+
+async def test_empty_object_streams_nothing(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=b"")
+    cat = catalog(moto_endpoint, bucket)
+    [master] = await cat.find(FIELDS, "video")
+    assert [c async for c in cat.stream(master)] == []
+
+
+async def test_read_range(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=MP4)
+    cat = catalog(moto_endpoint, bucket)
+    [master] = await cat.find(FIELDS, "video")
+
+    assert await cat.read_range(master, 0, 12) == MP4[:12]
+    assert await cat.read_range(master, 100, 50) == MP4[100:150]
+    assert await cat.read_range(master, len(MP4) - 5, 100) == MP4[-5:]
+    assert await cat.read_range(master, len(MP4) + 10, 100) == b""
+    assert await cat.read_range(master, 0, 0) == b""
+
+
+async def test_vanished_object_is_a_catalog_error(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=MP4)
+    cat = catalog(moto_endpoint, bucket)
+    [master] = await cat.find(FIELDS, "video")
+    s3.delete_object(Bucket=bucket, Key=FOLDER + "9x16.mp4")
+
+    with pytest.raises(CatalogError, match="vanished"):
+        await cat.read_range(master, 0, 10)
+
+
+async def test_replaced_object_is_not_spliced(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=MP4)
+    cat = catalog(moto_endpoint, bucket)
+    [master] = await cat.find(FIELDS, "video")
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=b"a newer master")
+
+    with pytest.raises(CatalogUnavailable, match="changed"):
+        [c async for c in cat.stream(master, start=1000)]
+
+
+async def test_missing_bucket_is_a_catalog_error(moto_endpoint: str) -> None:
+    cat = catalog(moto_endpoint, f"absent-{uuid.uuid4().hex[:12]}")
+    with pytest.raises(CatalogError, match="does not exist"):
+        await cat.find(FIELDS, "video")
+
+
+async def test_unreachable_endpoint_is_unavailable(closed_port: int) -> None:
+    cat = catalog(f"http://127.0.0.1:{closed_port}", "masters")
+    with pytest.raises(CatalogUnavailable):
+        await cat.find(FIELDS, "video")
+    await cat.aclose()
+
+
+async def test_registry_builds_s3(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=MP4)
+    cfg = S3CatalogConfig(type="s3", bucket=bucket, endpoint_url=moto_endpoint, layout=DEFAULT_LAYOUT)
+    cat = build_catalog("bucket", cfg)
+    assert isinstance(cat, S3Catalog)
+    [master] = await cat.find(FIELDS, "video")
+    assert master.size == len(MP4)
+    await cat.aclose()
