@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-format", choices=["json", "text"], default=None,
                         help="log line format (default: json, or FULFILLER_LOG_FORMAT)")
-    common.add_argument("--log-level", default=os.environ.get("FULFILLER_LOG_LEVEL", "INFO"))
+    common.add_argument("--log-level", default=os.environ.get("FULFILLER_LOG_LEVEL"),
+                        help="DEBUG, INFO (default), WARNING, ERROR (or FULFILLER_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, config: bool = True) -> Any:
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fmt = args.log_format or os.environ.get("FULFILLER_LOG_FORMAT") or ("text" if args.command == "demo" else "json")
-    setup_logging(fmt, args.log_level)
+    # The demo tells its own story on stdout; its server logs would only interleave with it.
+    setup_logging(fmt, args.log_level or ("WARNING" if args.command == "demo" else "INFO"))
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -88,7 +88,7 @@ def _tokens(q: str) -> list[tuple[str, str]]:
         text = m.group(kind)
         if kind == "str":
             body = text[1:-1]
-            if re.search(r"\\[^'\\]", body):
+            if not re.fullmatch(r"(?:[^\\]|\\['\\])*", body):  # only \' and \\ are escapes
                 raise BadRequest(f"Invalid escape in {text}")
             text = re.sub(r"\\(.)", r"\1", body)
         out.append((kind, text))

@@ -29,6 +29,7 @@ import httplib2
 import httpx
 from google.auth.credentials import Credentials
 from google.auth.exceptions import DefaultCredentialsError, RefreshError, TransportError
+from google.oauth2 import service_account
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import HttpRequest
@@ -134,14 +135,18 @@ def _auth_failure(exc: RefreshError | TransportError, what: str) -> Exception:
 
 
 def load_credentials(credentials_file: str) -> Credentials:
-    """Credentials from a key file (service account or any google-auth JSON), else application defaults."""
+    """A service account's key file, else application default credentials.
+
+    Only the service-account type is read from ``credentials_file``: a generic
+    loader would also accept external-account configs that make google-auth
+    run commands or fetch URLs named in the file.
+    """
     try:
         if credentials_file:
-            credentials, _ = google.auth.load_credentials_from_file(credentials_file, scopes=[SCOPE])
-        else:
-            credentials, _ = google.auth.default(scopes=[SCOPE])
-    except DefaultCredentialsError as exc:
-        raise CatalogError(f"drive: no usable credentials: {exc}") from None
+            return service_account.Credentials.from_service_account_file(credentials_file, scopes=[SCOPE])
+        credentials, _ = google.auth.default(scopes=[SCOPE])
+    except (DefaultCredentialsError, OSError, ValueError, KeyError) as exc:
+        raise CatalogError(f"drive: no usable credentials: {exc!r}") from None
     return credentials
 
 

@@ -1,0 +1,66 @@
+"""Operator commands that read or change jobs straight from the store (``fulfiller jobs`` / ``rerun``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from fulfiller.config import Config
+from fulfiller.jobs import STATUSES
+from fulfiller.store import open_store
+from fulfiller.store.base import NOT_FOUND, REQUEUED
+
+_REFUSED = {
+    "running": "it is running; wait for it to finish",
+    "expired": "its deadline (expiresAt) has passed; the platform falls back to manual upload",
+    "not_rerunnable": "its payload is invalid; the platform must send a new event",
+}
+
+
+async def list_jobs(config: Config, status: str | None, code: str | None, limit: int, as_json: bool,
+                    out: Callable[[str], None]) -> int:
+    if status is not None and status not in STATUSES:
+        out(f"unknown status {status!r}; one of: {', '.join(STATUSES)}")
+        return 2
+    store = open_store(config.state)
+    await store.open()
+    try:
+        found = await store.list_jobs(status, code, limit)
+    finally:
+        await store.close()
+    if as_json:
+        out(json.dumps({"jobs": [j.to_json() for j in found]}, indent=2))
+        return 0
+    if not found:
+        out("no jobs")
+        return 0
+    rows = [("ID", "STATUS", "KIND", "CREATIVE", "ASPECT", "UPDATED", "REASON")]
+    for j in found:
+        d = j.to_json()
+        creative = f"{j.code}/v{j.variation}/{j.locale}"
+        asked = d["creative"].get("aspectRatio") or d["creative"].get("placementFamily") or "?"
+        aspect = j.chosen_aspect or asked
+        reason = j.skip_reason or j.error or j.lifecycle_reason or ""
+        rows.append((j.id, j.status, j.request_kind or "-", creative, aspect, d["updated_at"] or "", reason[:60]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
+async def rerun(config: Config, job_id: str, out: Callable[[str], None]) -> int:
+    """Exit 0 when re-queued, 1 for an unknown job, 2 when refused."""
+    store = open_store(config.state)
+    await store.open()
+    try:
+        outcome = await store.requeue(job_id)
+    finally:
+        await store.close()
+    if outcome == REQUEUED:
+        out(f"{job_id}: re-queued")
+        return 0
+    if outcome == NOT_FOUND:
+        out(f"{job_id}: no such job")
+        return 1
+    out(f"{job_id}: refused: {_REFUSED[outcome]}")
+    return 2

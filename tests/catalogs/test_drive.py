@@ -1,0 +1,685 @@
+"""DriveCatalog against a strict Drive v3 double, through the real google-api-python-client.
+
+Nothing here reaches the network: the double listens on loopback and every
+other connection or name lookup fails (see support.netguard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fulfiller.catalogs.base import CatalogError, CatalogUnavailable, Master
+from fulfiller.catalogs.drive import DriveCatalog, load_credentials
+from fulfiller.config import DEFAULT_LAYOUT, DriveCatalogConfig
+from support.drive_double import DriveDouble, run_drive_double
+from support.netguard import NetworkBlocked, block_network
+
+MEDIA = Path(__file__).parent.parent / "media"
+MP4 = (MEDIA / "9x16.mp4").read_bytes()
+MOV = (MEDIA / "9x16.mov").read_bytes()
+WEBM = (MEDIA / "9x16.webm").read_bytes()
+FIELDS = {
+    "project": "hearty",
+    "project_id": "p_42",
+    "code": "HRT-001",
+    "variation": 2,
+    "locale": "en_US",
+    "aspect": "9x16",
+    "kind": "video",
+}
+LEAF = "HRT-001/v2/en_US"
+BLOB = random.Random(7).randbytes(5 * 1024 * 1024 + 123)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    block_network(monkeypatch)
+
+
+@pytest.fixture
+def drive() -> Iterator[DriveDouble]:
+    with run_drive_double() as double:
+        yield double
+
+
+class Sleeps:
+    """Stands in for asyncio.sleep in the retry loop: records each wait instead of taking it."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+async def catalog_for(drive: DriveDouble, tmp_path: Path, sleeps: Sleeps) -> AsyncIterator[Callable[..., DriveCatalog]]:
+    """Make catalogs on the double (fast backoff, recorded sleeps); each has its own credentials."""
+    key_file = drive.write_service_account(tmp_path)
+    made: list[DriveCatalog] = []
+
+    def make(root: str, **kw: Any) -> DriveCatalog:
+        options: dict[str, Any] = {
+            "layout": DEFAULT_LAYOUT,
+            "api_endpoint": drive.api_endpoint,
+            "backoff_base_s": 0.01,
+            "sleep": sleeps,
+            **kw,
+        }
+        catalog = DriveCatalog("masters-drive", root, load_credentials(str(key_file)), **options)
+        made.append(catalog)
+        return catalog
+
+    yield make
+    for catalog in made:
+        await catalog.aclose()
+
+
+async def read_all(catalog: DriveCatalog, master: Master, **kw: Any) -> bytes:
+    return b"".join([chunk async for chunk in catalog.stream(master, **kw)])
+
+
+def folder_lookups(drive: DriveDouble) -> int:
+    """Requests that walk the tree: name lookups under a parent, and gets of the root."""
+    return len([h for h in drive.hits_of("list") if "name =" in h.params["q"]]) + len(drive.hits_of("get"))
+
+
+def my_drive_leaf(drive: DriveDouble) -> tuple[str, str]:
+    root = drive.add_folder("Masters")
+    return root, drive.add_folders(LEAF, root)
+
+
+# -- finding ----------------------------------------------------------------------------
+
+
+async def test_find_in_my_drive_folder(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    video_meta = {"width": 180, "height": 320, "durationMillis": "1000"}
+    file_id = drive.add_file("9x16.mp4", leaf, MP4, mime_type="video/mp4", metadata={"videoMediaMetadata": video_meta})
+    drive.add_file("4x5.mp4", leaf, (MEDIA / "4x5.mp4").read_bytes(), mime_type="video/mp4")
+
+    [master] = await catalog_for(root).find(FIELDS, "video")
+
+    assert master.catalog == "masters-drive"
+    assert master.object == "drive:HRT-001/v2/en_US/9x16.mp4"
+    assert (master.name, master.ref, master.size) == ("9x16.mp4", file_id, len(MP4))
+    assert master.md5 == hashlib.md5(MP4).hexdigest()
+    assert master.metadata["videoMediaMetadata"] == video_meta
+    assert master.metadata["sha256Checksum"] == hashlib.sha256(MP4).hexdigest()
+    assert "imageMediaMetadata" not in master.metadata  # Drive often has none; absent, not invented
+    for hit in drive.hits_of("list"):
+        assert hit.params["supportsAllDrives"] == hit.params["includeItemsFromAllDrives"] == "true"
+        assert "corpora" not in hit.params  # a My Drive folder: the default corpus
+
+
+async def test_find_in_a_shared_drive(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    shared = drive.add_shared_drive("Creative Masters")
+    file_id = drive.add_file("9x16.mp4", drive.add_folders(LEAF, shared), MP4)
+
+    catalog = catalog_for(shared)
+    [master] = await catalog.find(FIELDS, "video")
+
+    assert master.ref == file_id
+    assert master.metadata["driveId"] == shared
+    assert await read_all(catalog, master) == MP4
+    for hit in drive.hits_of("list"):
+        assert hit.params["corpora"] == "drive" and hit.params["driveId"] == shared
+    assert all(h.params["supportsAllDrives"] == "true" for h in drive.hits_of("get") + drive.hits_of("media"))
+
+
+async def test_a_shortcut_is_followed_to_its_target(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    elsewhere = drive.add_folder("Finals", root)
+    target = drive.add_file("final-cut.mov", elsewhere, MOV, metadata={"videoMediaMetadata": {"width": 180}})
+    shortcut = drive.add_shortcut("9x16.mov", leaf, target)
+
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+
+    assert (master.ref, master.name, master.size) == (target, "9x16.mov", len(MOV))
+    assert master.md5 == hashlib.md5(MOV).hexdigest()
+    assert master.metadata["shortcutId"] == shortcut
+    assert master.metadata["videoMediaMetadata"] == {"width": 180}
+    assert await read_all(catalog, master) == MOV
+
+
+async def test_a_folder_shortcut_into_a_shared_drive(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root = drive.add_folder("Masters")
+    shared = drive.add_shared_drive("Agency")
+    code_folder = drive.add_folder("HRT-001 (agency)", shared)
+    file_id = drive.add_file("9x16.mp4", drive.add_folders("v2/en_US", code_folder), MP4)
+    drive.add_shortcut("HRT-001", root, code_folder)
+
+    [master] = await catalog_for(root).find(FIELDS, "video")
+
+    assert master.ref == file_id
+    leaf_listing = drive.hits_of("list")[-1]
+    assert (leaf_listing.params.get("corpora"), leaf_listing.params.get("driveId")) == ("drive", shared)
+
+
+async def test_trashed_decoys_are_skipped(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root = drive.add_folder("Masters")
+    trashed_v2 = drive.add_folders("HRT-001/v2", root)
+    drive.trash(trashed_v2)
+    drive.add_file("9x16.mp4", drive.add_folders("en_US", trashed_v2), b"old folder")
+    leaf = drive.add_folders("en_US", drive.add_folder("v2", drive.add_folders("HRT-001", root)))
+    drive.add_file("9x16.mp4", leaf, b"trashed master", trashed=True)
+    drive.add_shortcut("9x16.webm", leaf, drive.add_file("gone.webm", root, WEBM, trashed=True))
+    live = drive.add_file("9x16.mov", leaf, MOV)
+
+    masters = await catalog_for(root).find(FIELDS, "video")
+
+    assert [m.ref for m in masters] == [live]
+
+
+async def test_same_stem_choice_is_deterministic(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    webm = drive.add_file("9x16.webm", leaf, WEBM)
+    mov = drive.add_file("9x16.MOV", leaf, MOV)
+    older = drive.add_file("9x16.mp4", leaf, MP4, modified_time="2023-05-01T10:00:00.000Z")
+    newer = drive.add_file("9x16.mp4", leaf, MP4, modified_time="2023-06-01T10:00:00.000Z")
+    drive.add_file("9x16.gif", leaf, b"GIF89a")  # not a video extension
+
+    catalog = catalog_for(root)
+    first = await catalog.find(FIELDS, "video")
+    again = await catalog.find(FIELDS, "video")
+
+    assert [m.ref for m in first] == [newer, older, mov, webm]
+    assert [m.ref for m in again] == [m.ref for m in first]
+
+
+async def test_paging_past_a_thousand_items(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    for i in range(1_200):
+        drive.add_file(f"decoy-{i:04d}.mp4", leaf, b"x")
+    file_id = drive.add_file("9x16.mp4", leaf, MP4)
+
+    [master] = await catalog_for(root).find(FIELDS, "video")
+
+    assert master.ref == file_id
+    leaf_pages = [h for h in drive.hits_of("list") if "name =" not in h.params["q"]]
+    assert len(leaf_pages) == 2
+    assert leaf_pages[0].params["pageSize"] == "1000"
+    assert "pageToken" in leaf_pages[1].params
+
+
+async def test_a_google_doc_named_like_a_master_is_ignored(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_google_doc("9x16.mp4", leaf)
+    drive.add_google_doc("4x5.mp4", leaf)
+    webm = drive.add_file("9x16.webm", leaf, WEBM)
+
+    catalog = catalog_for(root)
+    assert [m.ref for m in await catalog.find(FIELDS, "video")] == [webm]
+    assert await catalog.find({**FIELDS, "aspect": "4x5"}, "video") == []
+
+
+async def test_images_match_only_image_extensions(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    jpg = drive.add_file("9x16.JPG", leaf, (MEDIA / "9x16.jpg").read_bytes())
+    png = drive.add_file("9x16.png", leaf, (MEDIA / "9x16.png").read_bytes())
+
+    assert [m.ref for m in await catalog_for(root).find(FIELDS, "image")] == [jpg, png]
+
+
+async def test_names_with_quotes_and_backslashes_are_escaped(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root = drive.add_folder("Masters")
+    code = "O'Brien\\Co"
+    file_id = drive.add_file("9x16.mp4", drive.add_folders(f"{code}/v2/en_US", root), MP4)
+
+    [master] = await catalog_for(root).find({**FIELDS, "code": code}, "video")
+
+    assert master.ref == file_id
+    assert master.object == f"drive:{code}/v2/en_US/9x16.mp4"
+
+
+async def test_missing_creative_is_not_found(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_shortcut("9x16.mp4", leaf, "f99999")  # its target was deleted
+
+    catalog = catalog_for(root)
+    assert await catalog.find(FIELDS, "video") == []
+    assert await catalog.find({**FIELDS, "code": "HRT-404"}, "video") == []
+    assert drive.counts["get 404"] == 1
+
+
+async def test_a_missing_root_is_an_operator_error(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    with pytest.raises(CatalogError, match="root_folder_id 'nope' not found, or not shared with fulfiller-test@"):
+        await catalog_for("nope").find(FIELDS, "video")
+
+
+# -- the folder cache -------------------------------------------------------------------
+
+
+async def test_the_second_find_makes_no_folder_lookups(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    catalog = catalog_for(root)
+
+    await catalog.find(FIELDS, "video")
+    walked, listed = folder_lookups(drive), drive.counts["list"]
+    assert walked == 4  # the root, then HRT-001, v2, en_US
+    [master] = await catalog.find(FIELDS, "video")
+
+    assert master.name == "9x16.mp4"
+    assert folder_lookups(drive) == walked
+    assert drive.counts["list"] == listed + 1  # only the leaf's listing
+
+
+async def test_a_burst_walks_the_tree_once(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    catalog = catalog_for(root)
+
+    results = await asyncio.gather(*(catalog.find(FIELDS, "video") for _ in range(8)))
+
+    assert all(len(r) == 1 for r in results)
+    assert folder_lookups(drive) == 4
+
+
+async def test_the_cache_expires(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    catalog = catalog_for(root, folder_cache_s=0)
+
+    await catalog.find(FIELDS, "video")
+    await catalog.find(FIELDS, "video")
+
+    assert folder_lookups(drive) == 4 + 3  # the root stays known; the folders are walked again
+
+
+async def test_a_stale_cached_folder_is_walked_again(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    catalog = catalog_for(root)
+    await catalog.find(FIELDS, "video")
+
+    drive.delete(leaf)  # an operator replaced the folder
+    replacement = drive.add_file("9x16.mp4", drive.add_folders(LEAF, root), MOV)
+    [master] = await catalog.find(FIELDS, "video")
+
+    assert master.ref == replacement
+
+
+# -- streaming --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filename", "kind"),
+    [
+        ("9x16.mp4", "video"),
+        ("4x5.mov", "video"),
+        ("1x1.webm", "video"),
+        ("3x4.mkv", "video"),
+        ("9x16_faststart.mp4", "video"),
+        ("9x16.jpg", "image"),
+        ("1x1.png", "image"),
+        ("4x5.webp", "image"),
+        ("3x4.avif", "image"),
+    ],
+)
+async def test_streams_the_exact_bytes(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], filename: str, kind: str
+) -> None:
+    data = (MEDIA / filename).read_bytes()
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file(filename.replace("_faststart", ""), leaf, data)
+    catalog = catalog_for(root)
+    aspect = filename.split(".")[0].split("_")[0]
+
+    [master] = await catalog.find({**FIELDS, "aspect": aspect}, kind)
+
+    assert await read_all(catalog, master, chunk_size=1024) == data
+    assert drive.hits_of("media")[0].range is None
+
+
+async def test_streams_a_large_blob_in_chunks(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mkv", leaf, BLOB)
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+
+    chunks = [chunk async for chunk in catalog.stream(master, chunk_size=256 * 1024)]
+
+    assert b"".join(chunks) == BLOB
+    assert max(len(c) for c in chunks) <= 256 * 1024
+    assert len(chunks) >= len(BLOB) // (256 * 1024)
+
+
+async def test_stream_from_an_offset_and_read_range(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mkv", leaf, BLOB)
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+
+    assert await read_all(catalog, master, start=4_000_000) == BLOB[4_000_000:]
+    assert drive.hits_of("media")[-1].range == "bytes=4000000-"
+    assert await catalog.read_range(master, 0, 64) == BLOB[:64]
+    assert await catalog.read_range(master, 1000, 10) == BLOB[1000:1010]
+    assert await catalog.read_range(master, len(BLOB) - 5, 100) == BLOB[-5:]
+    assert await catalog.read_range(master, len(BLOB), 100) == b""
+
+
+async def test_a_cut_connection_resumes_with_range(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    file_id = drive.add_file("9x16.mkv", leaf, BLOB)
+    drive.cut_download(file_id, after_bytes=1_000_000, times=2)
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+
+    data = await read_all(catalog, master, chunk_size=64 * 1024)
+
+    assert data == BLOB  # whole, and the md5 check at the end passed
+    ranges = [h.range for h in drive.hits_of("media")]
+    assert len(ranges) == 3 and ranges[0] is None
+    offsets = [int(r.removeprefix("bytes=").removesuffix("-")) for r in ranges[1:] if r]
+    assert 0 < offsets[0] <= 1_000_000 < offsets[1] <= 2_000_000
+
+
+async def test_too_many_cuts_give_up(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    file_id = drive.add_file("9x16.mkv", leaf, BLOB)
+    drive.cut_download(file_id, after_bytes=10_000, times=100)
+    catalog = catalog_for(root, max_resumes=2)
+    [master] = await catalog.find(FIELDS, "video")
+
+    with pytest.raises(CatalogUnavailable, match="cut 3 times"):
+        await read_all(catalog, master, chunk_size=4096)
+    assert drive.counts["media"] == 3
+
+
+async def test_md5_mismatch_is_caught_at_the_end(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.corrupt_md5(drive.add_file("9x16.mp4", leaf, MP4))
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+
+    received = bytearray()
+    with pytest.raises(CatalogError, match="md5 mismatch"):
+        async for chunk in catalog.stream(master):
+            received += chunk
+    assert bytes(received) == MP4  # every byte went out, and still the stream failed
+
+
+async def test_a_file_deleted_after_find_is_unavailable(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    file_id = drive.add_file("9x16.mp4", leaf, MP4)
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+    drive.delete(file_id)
+
+    with pytest.raises(CatalogUnavailable, match="vanished"):
+        await read_all(catalog, master)
+
+
+@pytest.mark.parametrize(
+    ("reason", "explained"),
+    [
+        ("downloadQuotaExceeded", "download quota is exhausted; try later or copy it"),
+        ("cannotDownloadFile", "refuses to serve this file"),
+        ("cannotDownloadAbusiveFile", "flagged this file as malware or abuse"),
+    ],
+)
+async def test_download_refusals_are_permanent_and_explained(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], reason: str, explained: str
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.deny_download(drive.add_file("9x16.mp4", leaf, MP4), reason)
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+
+    with pytest.raises(CatalogError, match=f"^drive: {reason}: .*{explained}") as caught:
+        await read_all(catalog, master)
+    assert not isinstance(caught.value, CatalogUnavailable)
+    assert "HRT-001/v2/en_US/9x16.mp4" in str(caught.value)
+    assert drive.counts["media"] == 1  # not retried
+
+
+# -- throttling, outages and tokens -----------------------------------------------------
+
+
+async def test_429_then_success_honours_retry_after(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], sleeps: Sleeps
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    drive.fail_next(2, 429, "rateLimitExceeded", retry_after=3, kind="list")
+
+    [master] = await catalog_for(root).find(FIELDS, "video")
+
+    assert master.name == "9x16.mp4"
+    assert drive.counts["list 429"] == 2
+    assert len(sleeps.waits) == 2
+    assert all(w >= 3 for w in sleeps.waits)  # far above the 0.01 s backoff: the server's pause won
+
+
+@pytest.mark.parametrize("reason", ["rateLimitExceeded", "userRateLimitExceeded"])
+async def test_403_rate_limits_on_download_are_retried(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], sleeps: Sleeps, reason: str
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+    drive.fail_next(3, 403, reason, kind="media")
+
+    assert await read_all(catalog, master) == MP4
+    assert (drive.counts["media 403"], drive.counts["media 200"]) == (3, 1)
+    assert len(sleeps.waits) == 3
+    assert sleeps.waits[0] < sleeps.waits[2] < 1  # exponential, on the small test base
+
+
+async def test_retry_after_is_waited_for_real(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    drive.fail_next(1, 429, "rateLimitExceeded", retry_after=1, kind="get")
+    catalog = catalog_for(root, sleep=asyncio.sleep)
+
+    started = time.monotonic()
+    assert len(await catalog.find(FIELDS, "video")) == 1
+    assert time.monotonic() - started >= 1.0
+    assert drive.counts["get 429"] == 1
+
+
+async def test_outage_gives_up_after_max_retry_s(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
+    root = drive.add_folder("Masters")
+    drive.fail_next(10_000, 503, "backendError")
+    catalog = catalog_for(root, max_retry_s=0.3, sleep=asyncio.sleep)
+
+    started = time.monotonic()
+    with pytest.raises(CatalogUnavailable, match="HTTP 503 backendError; gave up after"):
+        await catalog.find(FIELDS, "video")
+    assert time.monotonic() - started < 2
+    assert drive.counts["get 503"] > 2
+
+
+async def test_a_retry_after_beyond_the_budget_gives_up_at_once(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], sleeps: Sleeps
+) -> None:
+    drive.fail_next(5, 429, "rateLimitExceeded", retry_after=600)
+    catalog = catalog_for(drive.add_folder("Masters"), max_retry_s=120)
+
+    with pytest.raises(CatalogUnavailable, match="gave up after 1 attempts"):
+        await catalog.find(FIELDS, "video")
+    assert drive.counts["get 429"] == 1 and sleeps.waits == []
+
+
+async def test_token_expiry_mid_run_refreshes_once(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file("9x16.mp4", leaf, MP4)
+    catalog = catalog_for(root)
+    [master] = await catalog.find(FIELDS, "video")
+    assert drive.counts["token"] == 1
+
+    drive.expire_tokens()
+    assert len(await catalog.find(FIELDS, "video")) == 1  # metadata path (google-auth-httplib2)
+    assert (drive.counts["token"], drive.counts["list 401"]) == (2, 1)
+
+    drive.expire_tokens()
+    assert await read_all(catalog, master) == MP4  # download path (httpx)
+    assert (drive.counts["token"], drive.counts["media 401"]) == (3, 1)
+
+
+async def test_credentials_refused_after_a_refresh_are_permanent(tmp_path: Path, sleeps: Sleeps) -> None:
+    with run_drive_double(DriveDouble(token_lifetime_s=0)) as drive:  # every token is dead on arrival
+        credentials = load_credentials(str(drive.write_service_account(tmp_path)))
+        catalog = DriveCatalog(
+            "d", drive.add_folder("Masters"), credentials, layout=DEFAULT_LAYOUT, api_endpoint=drive.api_endpoint, sleep=sleeps
+        )
+        with pytest.raises(CatalogError, match="credentials rejected even after a token refresh"):
+            await catalog.find(FIELDS, "video")
+        await catalog.aclose()
+        assert drive.counts["get 401"] == 1
+        assert drive.counts["token"] == 2
+
+
+# -- configuration and probe ------------------------------------------------------------
+
+
+async def test_from_config_and_probe(drive: DriveDouble, tmp_path: Path) -> None:
+    shared = drive.add_shared_drive("Creative Masters")
+    for name in ("a", "b", "c"):
+        drive.add_folder(name, shared)
+    cfg = DriveCatalogConfig(
+        type="drive",
+        root_folder_id=shared,
+        credentials_file=str(drive.write_service_account(tmp_path)),
+        api_endpoint=drive.api_endpoint,
+    )
+    catalog = DriveCatalog.from_config("masters-drive", cfg)
+
+    description = await catalog.probe()
+    await catalog.aclose()
+
+    assert description.startswith(f"drive folder 'Creative Masters' ({shared}, shared drive {shared}): 3 items visible")
+    assert "fulfiller-test@drive-double.iam.gserviceaccount.com" in description
+
+
+async def test_application_default_credentials(
+    drive: DriveDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(drive.write_service_account(tmp_path)))
+    root = drive.add_folder("Masters")
+    cfg = DriveCatalogConfig(type="drive", root_folder_id=root, api_endpoint=drive.api_endpoint.rstrip("/"))
+    catalog = DriveCatalog.from_config("masters-drive", cfg)
+
+    assert "'Masters'" in await catalog.probe()
+    await catalog.aclose()
+
+
+def test_bad_credentials_and_endpoint_are_reported(drive: DriveDouble, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    with pytest.raises(CatalogError, match="no usable credentials"):
+        DriveCatalog.from_config("d", DriveCatalogConfig(type="drive", root_folder_id="x", credentials_file=str(broken)))
+    good = str(drive.write_service_account(tmp_path))
+    cfg = DriveCatalogConfig(type="drive", root_folder_id="x", credentials_file=good, api_endpoint=drive.base_url)
+    with pytest.raises(CatalogError, match="must end in /drive/v3/"):
+        DriveCatalog.from_config("d", cfg)
+
+
+async def test_building_for_google_makes_no_network_call(drive: DriveDouble, tmp_path: Path) -> None:
+    cfg = DriveCatalogConfig(type="drive", root_folder_id="x", credentials_file=str(drive.write_service_account(tmp_path)))
+    catalog = DriveCatalog.from_config("d", cfg)  # static discovery: would raise NetworkBlocked otherwise
+    await catalog.aclose()
+    assert drive.hits == []
+
+
+# -- the double itself is strict where Drive is -----------------------------------------
+
+
+@pytest.fixture
+def raw(drive: DriveDouble) -> Iterator[httpx.Client]:
+    """A plain HTTP client holding a valid token, for poking the double directly."""
+    drive.tokens["raw-token"] = time.time() + 60
+    with httpx.Client(base_url=drive.api_endpoint, headers={"Authorization": "Bearer raw-token"}) as client:
+        yield client
+
+
+def test_double_hides_shared_drive_items_without_both_flags(drive: DriveDouble, raw: httpx.Client) -> None:
+    shared = drive.add_shared_drive("S")
+    file_id = drive.add_file("a.mp4", shared, MP4)
+    q = {"q": f"'{shared}' in parents", "fields": "files(id)"}
+
+    assert raw.get("files", params=q).json() == {"files": []}
+    assert raw.get("files", params={**q, "supportsAllDrives": "true"}).json() == {"files": []}
+    both = {**q, "supportsAllDrives": "true", "includeItemsFromAllDrives": "true"}
+    assert raw.get("files", params=both).json() == {"files": [{"id": file_id}]}
+    assert raw.get(f"files/{file_id}").status_code == 404
+    assert raw.get(f"files/{file_id}", params={"alt": "media"}).status_code == 404
+    assert raw.get(f"files/{file_id}", params={"supportsAllDrives": "true"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "name contains 'x'",
+        "'a' in parents or trashed = false",
+        "name = 'unterminated",
+        "name = 'bad \\n escape'",
+        "trashed = maybe",
+        "(trashed = false)",
+        "trashed = false and",
+    ],
+)
+def test_double_rejects_malformed_queries(raw: httpx.Client, q: str) -> None:
+    response = raw.get("files", params={"q": q})
+    assert response.status_code == 400
+    assert response.json()["error"]["errors"][0]["reason"] == "invalid"
+
+
+def test_double_checks_paging_fields_auth_and_ranges(drive: DriveDouble, raw: httpx.Client) -> None:
+    folder = drive.add_folder("F")
+    file_id = drive.add_file("a.mp4", folder, b"0123456789")
+    assert raw.get("files", params={"pageSize": "1001"}).status_code == 400
+    assert raw.get("files", params={"fields": "files(id"}).status_code == 400
+    assert raw.get("files", params={"fields": "files(nonsense)"}).status_code == 400
+    assert raw.get(f"files/{file_id}").json() == {"kind": "drive#file", "id": file_id, "name": "a.mp4", "mimeType": "application/octet-stream"}
+    assert raw.get(f"files/{file_id}", params={"fields": "size,md5Checksum"}).json() == {
+        "size": "10",
+        "md5Checksum": hashlib.md5(b"0123456789").hexdigest(),
+    }
+    partial = raw.get(f"files/{file_id}", params={"alt": "media"}, headers={"Range": "bytes=3-5"})
+    assert (partial.status_code, partial.content, partial.headers["content-range"]) == (206, b"345", "bytes 3-5/10")
+    assert raw.get(f"files/{file_id}", params={"alt": "media"}, headers={"Range": "bytes=10-"}).status_code == 416
+    assert raw.get(f"files/{file_id}", headers={"Authorization": "Bearer forged"}).status_code == 401
+
+
+def test_network_beyond_loopback_is_blocked() -> None:
+    with pytest.raises(NetworkBlocked):
+        socket.create_connection(("203.0.113.1", 443), timeout=1)
+    with pytest.raises(NetworkBlocked):
+        socket.getaddrinfo("www.googleapis.com", 443)
