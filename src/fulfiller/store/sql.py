@@ -245,10 +245,14 @@ class SqlStore(Store):
                 try:
                     results.append(fn(cur))
                     cur.execute("RELEASE SAVEPOINT op")
-                except self._integrity_errors() as exc:
+                except Exception as exc:
+                    # Undo this write only; if even that fails the connection is gone
+                    # and the whole batch fails below.
                     cur.execute("ROLLBACK TO SAVEPOINT op")
                     cur.execute("RELEASE SAVEPOINT op")
-                    results.append(StoreUnavailable(f"{type(exc).__name__}: {exc}"))
+                    if isinstance(exc, self._integrity_errors()):
+                        exc = StoreUnavailable(f"{type(exc).__name__}: {exc}")
+                    results.append(exc)
             cur.execute("COMMIT")
         except Exception:
             try:
@@ -369,6 +373,8 @@ class SqlStore(Store):
 
     def _apply_early_lifecycle(self, cur: Any, job: Job) -> None:
         """A follow-up event that arrived before its request (deliveries can cross) applies now."""
+        if job.status != jobs.QUEUED:
+            return  # an invalid job has no reliable coordinates, and nothing to close
         assert job.project_id is not None and job.code is not None
         assert job.variation is not None and job.locale is not None
         row = self._x(
