@@ -509,8 +509,21 @@ class SqlStore(Store):
             params.append(f"%{code.lower()}%")
         sql = _SELECT_JOB + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
-        rows = await self._read(lambda cur: self._x(cur, sql, (*params, limit, offset)).fetchall())
-        return [_job_from_row(r) for r in rows]
+        def op(cur: Any) -> list[Job]:
+            found = [_job_from_row(r) for r in self._x(cur, sql, (*params, limit, offset)).fetchall()]
+            if found:
+                by_id = {j.id: j for j in found}
+                marks = ", ".join("?" for _ in by_id)
+                for job_id, *attempt in self._x(
+                    cur,
+                    "SELECT job_id, step, started_at, duration_ms, http_status, error, detail FROM attempts"
+                    f" WHERE job_id IN ({marks}) ORDER BY id",
+                    tuple(by_id),
+                ).fetchall():
+                    by_id[job_id].attempts.append(Attempt(*attempt))
+            return found
+
+        return await self._read(op)
 
     async def requeue(self, job_id: str, skip_reason: str | None = None) -> str:
         def op(cur: Any) -> str:
