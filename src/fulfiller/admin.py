@@ -14,13 +14,22 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from fulfiller import jobs
-from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED, Store
+from fulfiller.store.base import (
+    ALREADY_CLOSED,
+    IS_RUNNING,
+    NOT_FOUND,
+    NOT_RERUNNABLE,
+    PAST_DEADLINE,
+    REQUEUED,
+    Store,
+)
 
 _REFUSALS = {
     NOT_FOUND: (404, "no such job"),
     IS_RUNNING: (409, "the job is running; wait for it to finish"),
     PAST_DEADLINE: (409, "the job's deadline (expiresAt) has passed"),
     NOT_RERUNNABLE: (409, "an invalid payload cannot be rerun; the platform must send a new event"),
+    ALREADY_CLOSED: (409, "only a queued or failed job can be skipped; this one's request is already answered"),
 }
 
 

@@ -47,6 +47,7 @@ NOT_FOUND = "not_found"
 IS_RUNNING = "running"
 PAST_DEADLINE = "expired"
 NOT_RERUNNABLE = "not_rerunnable"
+ALREADY_CLOSED = "already_closed"  # skip asked for a job whose wait token is already answered
 
 
 class Store(ABC):

@@ -24,6 +24,7 @@ from fulfiller import jobs
 from fulfiller.events import Lifecycle
 from fulfiller.jobs import Attempt, Job
 from fulfiller.store.base import (
+    ALREADY_CLOSED,
     IS_RUNNING,
     NOT_FOUND,
     NOT_RERUNNABLE,
@@ -286,6 +287,9 @@ class SqlStore(Store):
         if self._work is not None:
             self._work.set()
 
+    def _queued(self, cur: Any) -> None:
+        """Called inside the transaction that queues a job; a backend that can wake other processes does so here."""
+
     async def wait_for_work(self, timeout: float) -> None:
         assert self._work is not None
         try:
@@ -325,6 +329,8 @@ class SqlStore(Store):
         if ev.job is not None:
             self._insert_job(cur, ev.job)
             self._apply_early_lifecycle(cur, ev.job)
+            if ev.job.status == jobs.QUEUED:
+                self._queued(cur)
         if lc is not None:
             job_id = self._match_job(cur, lc)
             if job_id is not None:
@@ -472,7 +478,10 @@ class SqlStore(Store):
                 " updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
                 (not_before, time.time(), job_id, owner),
             )
-            return bool(cur.rowcount)
+            released = bool(cur.rowcount)
+            if released:
+                self._queued(cur)
+            return released
 
         released = await self._write(op)
         if released:
@@ -537,12 +546,15 @@ class SqlStore(Store):
                 return NOT_RERUNNABLE
             if expires_at is not None and expires_at <= time.time():
                 return PAST_DEADLINE
+            if skip_reason is not None and status not in (jobs.QUEUED, jobs.FAILED):
+                return ALREADY_CLOSED
             self._x(
                 cur,
                 "UPDATE jobs SET status = 'queued', not_before = 0, error = NULL, skip_reason = NULL,"
                 " skip_requested = ?, updated_at = ? WHERE id = ?",
                 (skip_reason, time.time(), job_id),
             )
+            self._queued(cur)
             return REQUEUED
 
         outcome = await self._write(op)
