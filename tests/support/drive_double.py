@@ -257,8 +257,13 @@ class _Fault:
 def _error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Drive's error body: ``{"error": {"code", "message", "errors": [{"reason", ...}]}}``."""
     domain = "usageLimits" if reason.lower().endswith("ratelimitexceeded") else "global"
-    body = {"error": {"code": status, "message": message, "errors": [{"domain": domain, "reason": reason, "message": message}]}}
+    detail = {"domain": domain, "reason": reason, "message": message}
+    body = {"error": {"code": status, "message": message, "errors": [detail]}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _oauth_error(error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=400)
 
 
 class _CutResponse(Response):
@@ -288,6 +293,18 @@ class DriveDouble:
     def __init__(self, token_lifetime_s: float = 3600.0):
         self.token_lifetime_s = token_lifetime_s
         self.base_url = ""  # set once served
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/token", self._token, methods=["POST"]),
+                Route("/drive/v3/files", self._list, methods=["GET"]),
+                Route("/drive/v3/files/{file_id}", self._get, methods=["GET"]),
+            ]
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every item, token, fault and count, so one served double can serve many tests."""
         self.items: dict[str, Item] = {}
         self.tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
         self.counts: Counter[str] = Counter()  # per kind ("list") and per kind and status ("list 429")
@@ -297,14 +314,8 @@ class DriveDouble:
         self._faults: list[_Fault] = []
         self._cuts: dict[str, list[int]] = {}  # file id -> [after_bytes, times]
         self._denied: dict[str, str] = {}  # file id -> 403 reason on download
-        self._lock = threading.Lock()
-        self.app = Starlette(
-            routes=[
-                Route("/token", self._token, methods=["POST"]),
-                Route("/drive/v3/files", self._list, methods=["GET"]),
-                Route("/drive/v3/files/{file_id}", self._get, methods=["GET"]),
-            ]
-        )
+        self._refusing = False
+        self._ignoring_ranges = False
 
     # -- addresses and credentials --
 
@@ -359,8 +370,10 @@ class DriveDouble:
     def add_folders(self, path: str, parent: str) -> str:
         """``a/b/c`` under ``parent`` (reusing folders already there); the last folder's id."""
         for name in path.split("/"):
-            existing = [i for i in self.items.values() if i.name == name and parent in i.parents and i.mime_type == FOLDER]
-            parent = existing[0].id if existing else self.add_folder(name, parent)
+            existing = [
+                i.id for i in self.items.values() if i.name == name and parent in i.parents and i.mime_type == FOLDER
+            ]
+            parent = existing[0] if existing else self.add_folder(name, parent)
         return parent
 
     def add_file(
@@ -388,12 +401,21 @@ class DriveDouble:
         self.items[item_id].trashed = True
 
     def delete(self, item_id: str) -> None:
+        """Delete for good, a folder with everything in it (as Drive does)."""
         del self.items[item_id]
+        for child in [i.id for i in self.items.values() if item_id in i.parents]:
+            self.delete(child)
 
     # -- fault knobs --
 
     def fail_next(
-        self, count: int, status: int = 429, reason: str = "rateLimitExceeded", *, retry_after: float | None = None, kind: str | None = None
+        self,
+        count: int,
+        status: int = 429,
+        reason: str = "rateLimitExceeded",
+        *,
+        retry_after: float | None = None,
+        kind: str | None = None,
     ) -> None:
         """The next ``count`` API requests (of ``kind``: list, get, media; None: any) answer this error."""
         with self._lock:
@@ -415,6 +437,14 @@ class DriveDouble:
         """Every access token issued so far is refused from now on (401)."""
         self.tokens = dict.fromkeys(self.tokens, 0.0)
 
+    def ignore_ranges(self) -> None:
+        """Answer every download 200 with the whole file, Range or not (as a careless proxy would)."""
+        self._ignoring_ranges = True
+
+    def refuse_all_tokens(self) -> None:
+        """Every access token, issued or still to be, is refused (401): a disabled account's key still signs."""
+        self._refusing = True
+
     def hits_of(self, kind: str) -> list[Hit]:
         return [h for h in self.hits if h.kind == kind]
 
@@ -428,7 +458,7 @@ class DriveDouble:
 
     def _grant(self, form: dict[str, str]) -> Response:
         if form.get("grant_type") != JWT_BEARER:
-            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+            return _oauth_error("unsupported_grant_type", f"grant_type must be {JWT_BEARER}")
         try:
             header, payload, signature = form["assertion"].split(".")
             _signing_key().public_key().verify(
@@ -436,11 +466,12 @@ class DriveDouble:
             )
             claims = json.loads(_b64decode(payload))
         except (KeyError, ValueError, InvalidSignature):
-            return JSONResponse({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, status_code=400)
-        if claims.get("aud") != GOOGLE_TOKEN_AUDIENCE or claims.get("iss") != CLIENT_EMAIL or claims.get("exp", 0) < time.time():
-            return JSONResponse({"error": "invalid_grant", "error_description": "Invalid JWT claims."}, status_code=400)
+            return _oauth_error("invalid_grant", "Invalid JWT Signature.")
+        expired = claims.get("exp", 0) < time.time()
+        if (claims.get("aud"), claims.get("iss")) != (GOOGLE_TOKEN_AUDIENCE, CLIENT_EMAIL) or expired:
+            return _oauth_error("invalid_grant", "Invalid JWT claims.")
         if DRIVE_READONLY not in str(claims.get("scope", "")).split():
-            return JSONResponse({"error": "invalid_scope", "error_description": "drive.readonly not requested"}, status_code=400)
+            return _oauth_error("invalid_scope", "drive.readonly was not requested")
         token = f"ya29.double-{next(self._ids)}"
         self.tokens[token] = time.time() + self.token_lifetime_s
         return JSONResponse({"access_token": token, "expires_in": int(self.token_lifetime_s), "token_type": "Bearer"})
@@ -471,7 +502,7 @@ class DriveDouble:
 
     def _unauthorized(self, request: Request) -> Response | None:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if self.tokens.get(token, 0.0) > time.time():
+        if self.tokens.get(token, 0.0) > time.time() and not self._refusing:
             return None
         response = _error(401, "authError", "Request had invalid authentication credentials.")
         response.headers["www-authenticate"] = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
@@ -569,7 +600,7 @@ class DriveDouble:
             return _error(403, reason, _DOWNLOAD_MESSAGES.get(reason, reason))
         data, status, headers = item.data, 200, {"content-type": item.mime_type}
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
-        if m:  # an unparsable Range is ignored, as HTTP servers do
+        if m and not self._ignoring_ranges:  # an unparsable Range is ignored, as HTTP servers do
             start = int(m.group(1))
             end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
             if start >= len(data) or end < start:

@@ -25,7 +25,8 @@ def _check(host: Any) -> None:
 
 def block_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Patch socket connects and lookups so only loopback (and Unix sockets) get through."""
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
 
     def connect(self: socket.socket, address: Any) -> None:
         if self.family in (socket.AF_INET, socket.AF_INET6):

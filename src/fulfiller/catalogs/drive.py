@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 import google.auth
@@ -183,7 +184,9 @@ class DriveCatalog(Catalog):
         self._credentials = credentials
         self._folder_cache_s = folder_cache_s
         self._max_retry_s = max_retry_s
-        self._backoff = wait_exponential_jitter(multiplier=backoff_base_s, max=max(32.0, backoff_base_s), jitter=backoff_base_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_base_s, max=max(32.0, backoff_base_s), jitter=backoff_base_s
+        )
         self._max_resumes = max_resumes
         self._timeout_s = timeout_s
         self._sleep = sleep
@@ -239,7 +242,7 @@ class DriveCatalog(Catalog):
         by_name: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_name.setdefault(item["name"], []).append(item)
-        masters = []
+        masters: list[Master] = []
         for name in rank(list(by_name), stem, kind):
             # Drive allows one name twice in a folder: newest first, then by id, so replicas agree.
             same = sorted(by_name[name], key=lambda i: i["id"])
@@ -256,7 +259,7 @@ class DriveCatalog(Catalog):
         if item.get("mimeType") == SHORTCUT:
             shortcut_id = item["id"]
             try:
-                item = await self._get(item.get("shortcutDetails", {}).get("targetId", ""), FILE_FIELDS)
+                item = await self._get(item["shortcutDetails"]["targetId"], FILE_FIELDS)
             except _NotFound:
                 return None
         mime = item.get("mimeType", "")
@@ -303,8 +306,13 @@ class DriveCatalog(Catalog):
         if walk is None:
             walk = asyncio.get_running_loop().create_task(self._walk(path))
             self._walks[path] = walk
-            walk.add_done_callback(lambda t: (self._walks.pop(path, None), t.cancelled() or t.exception()))
+            walk.add_done_callback(partial(self._walk_done, path))
         return await asyncio.shield(walk)
+
+    def _walk_done(self, path: tuple[str, ...], walk: asyncio.Task[_Folder | None]) -> None:
+        self._walks.pop(path, None)
+        if not walk.cancelled():
+            walk.exception()  # retrieved: a failure nobody was left awaiting is not reported as lost
 
     async def _walk(self, path: tuple[str, ...]) -> _Folder | None:
         parent = await self._folder(path[:-1])
@@ -314,7 +322,7 @@ class DriveCatalog(Catalog):
         items = await self._list(q, parent, "id,name,mimeType,driveId,shortcutDetails")
         # Real folders before shortcuts to folders, then by id: a stable pick among same-named folders.
         candidates = sorted(
-            (i for i in items if i.get("mimeType") == FOLDER or i.get("shortcutDetails", {}).get("targetMimeType") == FOLDER),
+            (i for i in items if FOLDER in (i.get("mimeType"), i.get("shortcutDetails", {}).get("targetMimeType"))),
             key=lambda i: (i.get("mimeType") != FOLDER, i["id"]),
         )
         for item in candidates:
@@ -378,8 +386,13 @@ class DriveCatalog(Catalog):
         token: str | None = None
         while True:
             page = await self._execute(
-                lambda: self._service.files().list(
-                    q=q, fields=f"nextPageToken,files({fields})", pageSize=1000, pageToken=token, **self._list_scope(folder)
+                partial(
+                    self._service.files().list,
+                    q=q,
+                    fields=f"nextPageToken,files({fields})",
+                    pageSize=1000,
+                    pageToken=token,
+                    **self._list_scope(folder),
                 ),
                 "list",
             )
@@ -416,7 +429,7 @@ class DriveCatalog(Catalog):
             except (httplib2.HttpLib2Error, OSError) as exc:
                 raise _Transient(f"drive: {what}: {exc!r}") from exc
 
-        return await self._retrying(lambda: asyncio.to_thread(call), what)
+        return await self._retrying(lambda: asyncio.to_thread(call))
 
     # -- retries -------------------------------------------------------------------------
 
@@ -431,7 +444,7 @@ class DriveCatalog(Catalog):
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning("%s; retry %d in %.2fs", exc, state.attempt_number, wait)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
             wait=self._wait,
@@ -472,7 +485,10 @@ class DriveCatalog(Catalog):
         url = f"{self._endpoint}files/{master.ref}"
         params = {"alt": "media", "supportsAllDrives": "true"}
         ranged = start > 0 or end is not None
-        extra = {"Range": f"bytes={start}-{'' if end is None else end}"} if ranged else {}
+        # identity: byte offsets, Range and the md5 all refer to the stored bytes, never to a compressed form.
+        extra = {"Accept-Encoding": "identity"}
+        if ranged:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end}"
         headers = await self._auth_headers()
         try:
             response = await self._http.send(
@@ -486,7 +502,7 @@ class DriveCatalog(Catalog):
                 )
             if response.status_code == 206 or (response.status_code == 200 and not ranged):
                 return response
-            body = await response.aread()
+            body = b"" if response.status_code == 200 else await response.aread()  # never pull a whole file here
             await response.aclose()
         except httpx.TransportError as exc:
             raise _Transient(f"drive: download {master.object}: {exc!r}") from exc
@@ -494,12 +510,14 @@ class DriveCatalog(Catalog):
             raise CatalogError(f"drive: {self._endpoint} ignored a Range request; a proxy in the way must pass Range")
         raise _failure(response.status_code, body, response.headers.get("retry-after"), f"download {master.object}")
 
-    async def _open_retrying(self, master: Master, start: int, end: int | None = None) -> httpx.Response:
+    async def _media_retrying(self, master: Master, attempt: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await self._retrying(lambda: self._open(master, start, end), f"download {master.object}")
+            return await self._retrying(attempt)
         except _NotFound:
             # It was there when found; the job's next attempt will look again and skip if it is gone.
-            raise CatalogUnavailable(f"drive: {master.object} ({master.ref}) vanished since it was found (404)") from None
+            raise CatalogUnavailable(
+                f"drive: {master.object} ({master.ref}) vanished since it was found (404)"
+            ) from None
 
     async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The bytes from ``start``; a cut connection resumes by Range, up to ``max_resumes`` times.
@@ -510,7 +528,7 @@ class DriveCatalog(Catalog):
         digest = hashlib.md5() if start == 0 and master.md5 else None
         offset, resumes = start, 0
         while offset < master.size:
-            response = await self._open_retrying(master, offset)
+            response = await self._media_retrying(master, partial(self._open, master, offset, None))
             try:
                 async for chunk in response.aiter_bytes(chunk_size):
                     offset += len(chunk)
@@ -528,14 +546,16 @@ class DriveCatalog(Catalog):
             resumes += 1
             if resumes > self._max_resumes:
                 raise CatalogUnavailable(
-                    f"drive: download of {master.object} cut {resumes} times (at byte {offset} of {master.size}): {cause}"
+                    f"drive: download of {master.object} cut {resumes} times"
+                    f" (at byte {offset} of {master.size}): {cause}"
                 )
             log.warning("drive: download of %s cut at byte %d (%s); resuming", master.object, offset, cause)
         if offset != master.size:
             raise CatalogError(f"drive: {master.object} sent {offset} bytes, but Drive lists its size as {master.size}")
         if digest is not None and digest.hexdigest() != master.md5:
             raise CatalogError(
-                f"drive: md5 mismatch for {master.object}: Drive lists {master.md5}, the bytes received hash to {digest.hexdigest()}"
+                f"drive: md5 mismatch for {master.object}: Drive lists {master.md5},"
+                f" the bytes received hash to {digest.hexdigest()}"
             )
 
     async def read_range(self, master: Master, start: int, length: int) -> bytes:
@@ -552,10 +572,7 @@ class DriveCatalog(Catalog):
             finally:
                 await response.aclose()
 
-        try:
-            return await self._retrying(attempt, f"read {master.object}")
-        except _NotFound:
-            raise CatalogUnavailable(f"drive: {master.object} ({master.ref}) vanished since it was found (404)") from None
+        return await self._media_retrying(master, attempt)
 
     async def aclose(self) -> None:
         await self._http.aclose()
