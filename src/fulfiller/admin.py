@@ -74,7 +74,10 @@ class AdminApi:
     async def console(self, request: Request) -> Response:
         # The page itself holds no data; it asks for the token and calls the API with it.
         html = files("fulfiller").joinpath("static/admin.html").read_text()
-        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        # frame-ancestors cannot be set from the page's own <meta> CSP: no framing (clickjacking of Rerun/Skip).
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                           "Content-Security-Policy": "frame-ancestors 'none'",
+                                           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
     async def list_jobs(self, request: Request) -> Response:
         status = request.query_params.get("status") or None

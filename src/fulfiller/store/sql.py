@@ -514,8 +514,10 @@ class SqlStore(Store):
             where.append("status = ?")
             params.append(status)
         if code:
-            where.append("lower(code) LIKE ?")
-            params.append(f"%{code.lower()}%")
+            # The operator's text is a plain substring: its own % and _ are not wildcards.
+            literal = code.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("lower(code) LIKE ? ESCAPE '\\'")
+            params.append(f"%{literal}%")
         sql = _SELECT_JOB + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
         def op(cur: Any) -> list[Job]:
