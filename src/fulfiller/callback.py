@@ -33,7 +33,11 @@ async def post_callback(client: httpx.AsyncClient, url: str, body: dict[str, obj
     try:
         response = await client.post(url, json=body)
     except httpx.HTTPError as exc:
-        raise Transient(f"callback failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
+        # Only a failure to connect proves the request never left; after a timeout or a cut
+        # connection the platform may have completed the token without our reading its answer.
+        unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        raise Transient(f"callback failed: {type(exc).__name__}: {redact_text(str(exc))}",
+                        maybe_delivered=not unsent) from None
     if response.is_success or response.status_code in (409, 410):
         return response.status_code
     transient = transient_for(response, "callback")

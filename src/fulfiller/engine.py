@@ -148,13 +148,25 @@ class Engine:
                 self.metrics.callback_duration.observe(time.perf_counter() - started)
             return status, "skip" if skip_reason else "complete"
 
+        answer_lost = False
+
         async def call() -> int:
+            nonlocal answer_lost
             try:
                 return await ctx.attempt("callback", attempt)
             except Refused as exc:
                 raise _End(jobs.FAILED, error=str(exc), skip_reason=skip_reason) from None
+            except Transient as exc:
+                answer_lost = answer_lost or exc.maybe_delivered
+                raise
 
         status = await ctx.retried("callback", call)
+        if status == 409 and answer_lost:
+            # A try of ours whose answer never came (a timeout, a cut connection) most likely
+            # completed the token: the 409 is our own completion, not one from elsewhere.
+            log.warning("callback answered 409 after a try whose answer was lost: taken as our own completion",
+                        extra=ctx.log_extra)
+            raise _End(jobs.SKIPPED if skip_reason else jobs.COMPLETED, skip_reason=skip_reason)
         if status == 409:
             raise _End(jobs.SUPERSEDED, skip_reason=skip_reason,
                        error="callback answered 409: the request was completed elsewhere (e.g. a manual upload)")
@@ -206,6 +218,9 @@ class _JobContext:
         """``fn`` with retries on Transient until the deadline; past it the job is ``expired``."""
         worker = self.engine.config.worker
         deadline = self.job.expires_at or (time.time() + 3600)
+        if time.time() >= deadline:
+            # The step before ran into the deadline: the platform's URLs are dead now.
+            raise _End(jobs.EXPIRED, error=f"deadline (expiresAt) passed before {step}")
 
         def on_retry(exc: Transient, wait: float) -> None:
             self.engine.metrics.retries.labels(step).inc()

@@ -25,6 +25,7 @@ SOURCE_TIMEOUT = "video.source_timeout"
 LIFECYCLE_STATUS = {SOURCE_FULFILLED: "fulfilled", SOURCE_REJECTED: "rejected", SOURCE_TIMEOUT: "timed_out"}
 
 _ASPECT = re.compile(r"^[1-9][0-9]*x[1-9][0-9]*$")
+MAX_INT = 2**63 - 1  # the widest integer a database column (SQLite INTEGER, PostgreSQL BIGINT) holds
 
 
 class InvalidPayload(ValueError):
@@ -103,8 +104,8 @@ def _str(data: Mapping[str, Any], key: str, where: str, *, optional: bool = Fals
 def _int(data: Mapping[str, Any], key: str, where: str) -> int:
     value = data.get(key)
     # bool is an int in Python; the platform never means True as variation 1.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidPayload(f"{where}{key}: must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise InvalidPayload(f"{where}{key}: must be a non-negative integer (at most {MAX_INT})")
     return value
 
 
@@ -117,7 +118,11 @@ def _aspect(value: Any, where: str) -> str:
 def _url(data: Mapping[str, Any], key: str, where: str) -> str:
     value = _str(data, key, where)
     assert value is not None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError:
+        raise InvalidPayload(f"{where}{key}: not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidPayload(f"{where}{key}: must be an absolute http(s) URL")
     return value

@@ -23,6 +23,7 @@ def redact_url(url: str) -> str:
     """``url`` with credential-bearing query values and path tokens replaced by REDACTED."""
     try:
         parts = urlsplit(url)
+        port = parts.port  # raises on a port out of range or not a number
     except ValueError:
         return REDACTED
     segments = parts.path.split("/")
@@ -34,8 +35,8 @@ def redact_url(url: str) -> str:
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    if port:
+        netloc = f"{netloc}:{port}"
     # userinfo (user:pass@) is dropped entirely
     return urlunsplit((parts.scheme, netloc, "/".join(segments), urlencode(query, safe=REDACTED), ""))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
@@ -14,19 +15,26 @@ T = TypeVar("T")
 class Transient(Exception):
     """A failure worth trying again: connection error, timeout, 429, 5xx, a catalog outage."""
 
-    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None,
+                 maybe_delivered: bool = False):
         super().__init__(message)
         self.http_status = http_status
         self.retry_after = retry_after
+        # True when the request may have reached the peer though no answer was read (a timeout, a cut).
+        self.maybe_delivered = maybe_delivered
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are rare from these peers)."""
+    """Seconds from a Retry-After header: delta-seconds, or an HTTP date (RFC 9110 allows both)."""
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
         return None
 
 

@@ -1,0 +1,111 @@
+"""Acceptance 3 of the fulfillment engine: a crash mid-upload loses nothing and duplicates nothing.
+
+``fulfiller serve`` is SIGKILLed while it streams a 64 MiB master to the
+platform double (slowed down so the kill lands mid-stream, detected by the
+bytes the double has received, not by a sleep). Started again on the same
+state with a short lease, it takes the job up once the dead worker's lease
+lapses, uploads the whole master from the first byte, and completes the wait
+token exactly once. The cut PUT is never kept as the object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from support.fulfiller_proc import FulfillerProcess, attempts
+from support.platform import new_token, run_platform, source_requested, storage_key
+
+MEDIA = Path(__file__).parent / "media"
+MASTER_BYTES = 64 * 1024 * 1024
+SLOW_BYTES_PER_S = 8 * 1024 * 1024  # ~8 s for the whole master: the kill lands well inside it
+KILL_AFTER_BYTES = 4 * 1024 * 1024
+LEASE_S = 2
+
+
+def write_master(path: Path) -> str:
+    """A 64 MiB "MP4": a real MP4 head (so it sniffs as video/mp4), then random bytes. Its sha256 (hex)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hasher = hashlib.sha256()
+    with path.open("wb") as f:
+        chunk = (MEDIA / "9x16.mp4").read_bytes()
+        left = MASTER_BYTES
+        while left > 0:
+            chunk = chunk[:left]
+            f.write(chunk)
+            hasher.update(chunk)
+            left -= len(chunk)
+            chunk = os.urandom(1 << 20)
+    assert path.stat().st_size == MASTER_BYTES
+    return hasher.hexdigest()
+
+
+def test_sigkill_mid_upload_then_restart_completes_once(tmp_path: Path) -> None:
+    code = f"CRASH-{uuid.uuid4().hex[:8].upper()}"
+    masters = tmp_path / "masters"
+    digest = write_master(masters / code / "v1" / "en" / "9x16.mp4")
+
+    with run_platform(tmp_path / "platform") as platform:
+        host = platform.base_url.removeprefix("http://")
+        config = {
+            "worker": {
+                "concurrency": 2,
+                "allow_insecure_http": True,
+                "allowed_upload_hosts": [host],
+                "allowed_callback_hosts": [host],
+                "lease_s": LEASE_S,
+                "poll_interval_s": 0.2,
+                "retry_base_s": 0.02,
+                "retry_max_s": 0.2,
+                "http_timeout_s": 30,
+                "shutdown_grace_s": 2,
+            },
+            "catalogs": {"local": {"type": "local", "root": str(masters)}},
+            "routes": [{"codes": ["*"], "catalog": "local"}],
+        }
+        key = storage_key(code, "9x16")
+        token = new_token()
+        event = source_requested(code, aspect="9x16", key=key, upload_url=platform.presign(key),
+                                 callback_url=platform.callback_url(token))
+        proc = FulfillerProcess(tmp_path / "fulfiller", config)
+        try:
+            platform.slow_uploads(SLOW_BYTES_PER_S)
+            proc.start()
+            job_id = proc.deliver(event)
+            platform.wait_for_bytes(key, KILL_AFTER_BYTES, timeout=30)
+            proc.kill()
+            platform.slow_uploads(None)
+
+            # The double saw the connection die; nothing was kept, nothing was called back.
+            platform.wait_for(lambda p: p.uploads(key)[0].outcome != "in_flight", timeout=10,
+                              what="the first PUT to end")
+            first = platform.uploads(key)[0]
+            assert first.outcome == "disconnected", first
+            assert KILL_AFTER_BYTES <= first.received < MASTER_BYTES
+            assert platform.stored(key) is None
+            assert platform.callbacks(token) == []
+
+            proc.start()  # same config, same state
+            job = proc.wait_for_job(job_id, timeout=60)
+        finally:
+            proc.close()
+
+        assert job["status"] == "completed", job
+        assert job["runs"] == 2  # taken by the dead worker, then once more after its lease lapsed
+        puts = platform.uploads(key)
+        assert [u.outcome for u in puts] == ["disconnected", "stored"]
+        assert puts[1].content_length == MASTER_BYTES and puts[1].transfer_encoding is None
+        stored = platform.stored(key)
+        assert stored is not None
+        assert (stored.size, stored.sha256, stored.content_type) == (MASTER_BYTES, digest, "video/mp4")
+        with stored.path.open("rb") as f:
+            assert hashlib.file_digest(f, "sha256").hexdigest() == digest
+        [callback] = platform.callbacks(token)
+        assert callback.status == 202
+        assert callback.body == {"storageKey": key, "extension": "mp4", "contentHash": f"sha256:{digest}"}
+        assert (job["content_hash"], job["bytes"]) == (f"sha256:{digest}", MASTER_BYTES)
+        # The killed run left no upload attempt behind (it died inside it); the second run made one.
+        assert [a["http_status"] for a in attempts(job, "upload")] == [200]
+        assert [a["http_status"] for a in attempts(job, "callback")] == [202]
