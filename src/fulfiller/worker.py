@@ -66,6 +66,10 @@ class WorkerPool:
             if job is None:
                 await _first(stop.wait(), self.store.wait_for_work(w.poll_interval_s))
                 continue
+            if job.id in self._tasks:
+                # Our own lease lapsed while we still run it (a stalled loop): the claim
+                # renewed it; starting it twice would upload twice.
+                continue
             self._tasks[job.id] = asyncio.create_task(self._hold(job), name=f"job {job.id}")
         await self._drain()
 

@@ -10,6 +10,7 @@ expire. Knobs inject the failures that are hard to provoke on the real service.
     with run_drive_double() as drive:
         root = drive.add_folder("Masters")
         drive.add_file("9x16.mp4", root, data)
+        drive.add_file("big.mkv", root, path=big_file)   # served from disk, streamed
         key_file = drive.write_service_account(tmp_path)
         ...  # DriveCatalog(..., api_endpoint=drive.api_endpoint)
 """
@@ -21,6 +22,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -62,6 +64,7 @@ _FILE_FIELDS = frozenset(
 _LIST_FIELDS = frozenset({"kind", "nextPageToken", "incompleteSearch", "files"})
 _DEFAULT_FILE_FIELDS = "kind,id,name,mimeType"
 _DEFAULT_LIST_FIELDS = "kind,nextPageToken,incompleteSearch,files(kind,id,name,mimeType)"
+_FILE_CHUNK = 1 << 20  # read size when serving a file from disk
 _DOWNLOAD_MESSAGES = {
     "downloadQuotaExceeded": "The download quota for this file has been exceeded.",
     "cannotDownloadFile": "This file cannot be downloaded by the user.",
@@ -211,6 +214,18 @@ class Item:
     target_id: str | None = None
     md5_override: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # content on disk, served in place of ``data`` (never read into memory)
+    digests: tuple[int, str, str] | None = None  # size, md5, sha256 of ``path``, computed once
+
+    @property
+    def binary(self) -> bool:
+        return self.data is not None or self.path is not None
+
+    @property
+    def size(self) -> int:
+        if self.digests is not None:
+            return self.digests[0]
+        return len(self.data or b"")
 
     def resource(self, target: Item | None) -> dict[str, Any]:
         """The full Drive v3 file resource (size and checksums as strings, as Drive sends them)."""
@@ -230,6 +245,11 @@ class Item:
             r["size"] = str(len(self.data))
             r["md5Checksum"] = self.md5_override or hashlib.md5(self.data).hexdigest()
             r["sha256Checksum"] = hashlib.sha256(self.data).hexdigest()
+        elif self.digests is not None:
+            size, md5, sha256 = self.digests
+            r["size"] = str(size)
+            r["md5Checksum"] = self.md5_override or md5
+            r["sha256Checksum"] = sha256
         if self.target_id:
             r["shortcutDetails"] = {"targetId": self.target_id, "targetMimeType": target.mime_type if target else ""}
         return r
@@ -243,6 +263,7 @@ class Hit:
     status: int
     params: dict[str, str]
     range: str | None
+    file_id: str | None = None  # for get and media
 
 
 @dataclass
@@ -276,6 +297,47 @@ class _CutResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.body[: self.cut], "more_body": True})
+
+
+class _FileResponse(Response):
+    """Bytes ``start`` to ``start + length`` of a file, read and sent a chunk at a time.
+
+    With ``cut``, only that many bytes go out before the response ends unfinished
+    (the connection drops), as _CutResponse does for in-memory files.
+    """
+
+    def __init__(self, path: Path, start: int, length: int, cut: int | None = None, **kwargs: Any):
+        headers = {**kwargs.pop("headers", {}), "content-length": str(length)}
+        super().__init__(b"", headers=headers, **kwargs)
+        self.path, self.start, self.length, self.cut = path, start, length, cut
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        left = self.length if self.cut is None else min(self.cut, self.length)
+        offset = self.start
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while left > 0:
+                chunk = os.pread(fd, min(_FILE_CHUNK, left), offset)
+                if not chunk:
+                    raise RuntimeError(f"{self.path} is shorter than when it was added")
+                offset += len(chunk)
+                left -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            os.close(fd)
+        if self.cut is None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _file_digests(path: Path) -> tuple[int, str, str]:
+    size, md5, sha256 = 0, hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_FILE_CHUNK * 8):
+            size += len(block)
+            md5.update(block)
+            sha256.update(block)
+    return size, md5.hexdigest(), sha256.hexdigest()
 
 
 @cache
@@ -316,6 +378,7 @@ class DriveDouble:
         self._denied: dict[str, str] = {}  # file id -> 403 reason on download
         self._refusing = False
         self._ignoring_ranges = False
+        self._triggers: list[list[Any]] = []  # [kind, requests still to answer, action]
 
     # -- addresses and credentials --
 
@@ -380,15 +443,24 @@ class DriveDouble:
         self,
         name: str,
         parent: str,
-        data: bytes,
+        data: bytes | None = None,
         *,
+        path: Path | None = None,
         mime_type: str = "application/octet-stream",
         trashed: bool = False,
         modified_time: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """A binary file; ``metadata`` adds resource keys such as videoMediaMetadata."""
-        return self._add(name, mime_type, parent, modified_time, data=data, trashed=trashed, extra=metadata or {})
+        """A binary file, its bytes given as ``data`` or as a file at ``path``; ``metadata`` adds resource keys
+        such as videoMediaMetadata.
+
+        A ``path`` is hashed once here and streamed from disk on each download, so a
+        master of any size (the benchmark's gigabyte) never sits in the double's memory.
+        """
+        if (data is None) == (path is None):
+            raise ValueError("give exactly one of data or path")
+        content: dict[str, Any] = {"data": data} if path is None else {"path": path, "digests": _file_digests(path)}
+        return self._add(name, mime_type, parent, modified_time, trashed=trashed, extra=metadata or {}, **content)
 
     def add_google_doc(self, name: str, parent: str) -> str:
         """A Google-native document: no size, no md5, not downloadable."""
@@ -445,6 +517,19 @@ class DriveDouble:
         """Every access token, issued or still to be, is refused (401): a disabled account's key still signs."""
         self._refusing = True
 
+    def after(self, kind: str, count: int, action: Callable[[], None]) -> None:
+        """Run ``action`` (a knob: ``expire_tokens``, ``deny_download``, ...) once ``count`` more requests of
+        ``kind`` (token, list, get, media) have been answered, whatever their status.
+
+        The action runs before the next request is served, so a fault can be placed
+        exactly: ``after("media", 1, ...)`` lets the first download (a sniff of the
+        head) through and changes what the following one meets.
+        """
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            self._triggers.append([kind, count, action])
+
     def hits_of(self, kind: str) -> list[Hit]:
         return [h for h in self.hits if h.kind == kind]
 
@@ -498,7 +583,17 @@ class DriveDouble:
     def _record(self, kind: str, request: Request, status: int) -> None:
         self.counts[kind] += 1
         self.counts[f"{kind} {status}"] += 1
-        self.hits.append(Hit(kind, status, dict(request.query_params), request.headers.get("range")))
+        params, file_id = dict(request.query_params), request.path_params.get("file_id")
+        self.hits.append(Hit(kind, status, params, request.headers.get("range"), file_id))
+        due = []
+        with self._lock:
+            for trigger in self._triggers:
+                if trigger[0] == kind and trigger[1] > 0:
+                    trigger[1] -= 1
+                    if trigger[1] == 0:
+                        due.append(trigger[2])
+        for action in due:
+            action()
 
     def _unauthorized(self, request: Request) -> Response | None:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -593,24 +688,32 @@ class DriveDouble:
         item = self._visible(request, file_id)
         if item is None:
             return _error(404, "notFound", f"File not found: {file_id}.")
-        if item.data is None:
+        if not item.binary:
             return _error(403, "fileNotDownloadable", "Only files with binary content can be downloaded.")
         if file_id in self._denied:
             reason = self._denied[file_id]
             return _error(403, reason, _DOWNLOAD_MESSAGES.get(reason, reason))
-        data, status, headers = item.data, 200, {"content-type": item.mime_type}
+        size = item.size
+        start, end, status, headers = 0, size - 1, 200, {"content-type": item.mime_type}
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
         if m and not self._ignoring_ranges:  # an unparsable Range is ignored, as HTTP servers do
             start = int(m.group(1))
-            end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
-            if start >= len(data) or end < start:
-                return Response(status_code=416, headers={"content-range": f"bytes */{len(data)}"})
-            headers["content-range"] = f"bytes {start}-{end}/{len(data)}"
-            data, status = data[start : end + 1], 206
+            end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+            if start >= size or end < start:
+                return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
+            headers["content-range"] = f"bytes {start}-{end}/{size}"
+            status = 206
+        length = end + 1 - start
         cut = self._cuts.get(file_id)
-        if cut and cut[1] > 0 and cut[0] < len(data):
+        cut_at = None
+        if cut and cut[1] > 0 and cut[0] < length:
             cut[1] -= 1
-            return _CutResponse(data, cut[0], status_code=status, headers=headers)
+            cut_at = cut[0]
+        if item.path is not None:
+            return _FileResponse(item.path, start, length, cut_at, status_code=status, headers=headers)
+        data = (item.data or b"")[start : end + 1]
+        if cut_at is not None:
+            return _CutResponse(data, cut_at, status_code=status, headers=headers)
         return Response(data, status_code=status, headers=headers)
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from functools import partial
@@ -126,6 +127,50 @@ def _failure(status: int, body: bytes, retry_after: str | None, what: str) -> Ex
     if status == 401:
         return CatalogError(f"drive: {what}: credentials rejected even after a token refresh (HTTP 401): {message}")
     return CatalogError(f"drive: {what}: HTTP {status} {reason}: {message}")
+
+
+class _Digest:
+    """MD5 of a stream, computed in a worker thread while the stream goes on.
+
+    hashlib releases the GIL on large buffers, so hashing one chunk overlaps
+    receiving the next and uploading this one; updates stay in order because
+    each waits for the one before. Small chunks are hashed in place.
+    """
+
+    _THREAD_MIN = 256 * 1024
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5()
+        self._pending: asyncio.Future[None] | None = None
+
+    async def update(self, chunk: bytes) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        if len(chunk) < self._THREAD_MIN:
+            self._md5.update(chunk)
+        else:
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self._md5.update, chunk)
+
+    async def hexdigest(self) -> str:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        return self._md5.hexdigest()
+
+
+def _take(pieces: deque[memoryview], n: int) -> bytes:
+    """The first ``n`` bytes held in ``pieces``, removed from it: one copy, only the straddling piece split."""
+    out: list[memoryview] = []
+    size = 0
+    while size < n:
+        piece = pieces.popleft()
+        if len(piece) > n - size:
+            pieces.appendleft(piece[n - size :])
+            piece = piece[: n - size]
+        out.append(piece)
+        size += len(piece)
+    return b"".join(out)
 
 
 def _auth_failure(exc: RefreshError | TransportError, what: str) -> Exception:
@@ -525,24 +570,38 @@ class DriveCatalog(Catalog):
         A whole-file stream (``start == 0``) is checked against Drive's md5Checksum
         at the end and raises CatalogError on a mismatch, so it is never reported complete.
         """
-        digest = hashlib.md5() if start == 0 and master.md5 else None
+        digest = _Digest() if start == 0 and master.md5 else None
         offset, resumes = start, 0
         while offset < master.size:
             response = await self._media_retrying(master, partial(self._open, master, offset, None))
+            # The network's pieces are gathered into chunks here rather than by aiter_bytes(chunk_size),
+            # whose chunker copies every byte through a BytesIO; and on a cut the bytes that did
+            # arrive are handed on, so the resume asks only for what is missing.
+            pieces: deque[memoryview] = deque()
+            held, cause = 0, "the body ended early"
             try:
-                async for chunk in response.aiter_bytes(chunk_size):
-                    offset += len(chunk)
-                    if digest is not None:
-                        digest.update(chunk)
-                    yield chunk
+                async for piece in response.aiter_bytes():
+                    pieces.append(memoryview(piece))
+                    held += len(piece)
+                    while held >= chunk_size:
+                        chunk = _take(pieces, chunk_size)
+                        held -= len(chunk)
+                        offset += len(chunk)
+                        if digest is not None:
+                            await digest.update(chunk)
+                        yield chunk
             except httpx.TransportError as exc:  # RemoteProtocolError (short body), ReadError, timeouts
                 cause = repr(exc)
-            else:
-                if offset >= master.size:
-                    break
-                cause = "the body ended early"
             finally:
                 await response.aclose()
+            if held:
+                chunk = _take(pieces, held)
+                offset += len(chunk)
+                if digest is not None:
+                    await digest.update(chunk)
+                yield chunk
+            if offset >= master.size:
+                break
             resumes += 1
             if resumes > self._max_resumes:
                 raise CatalogUnavailable(
@@ -552,10 +611,10 @@ class DriveCatalog(Catalog):
             log.warning("drive: download of %s cut at byte %d (%s); resuming", master.object, offset, cause)
         if offset != master.size:
             raise CatalogError(f"drive: {master.object} sent {offset} bytes, but Drive lists its size as {master.size}")
-        if digest is not None and digest.hexdigest() != master.md5:
+        md5 = await digest.hexdigest() if digest is not None else master.md5
+        if md5 != master.md5:
             raise CatalogError(
-                f"drive: md5 mismatch for {master.object}: Drive lists {master.md5},"
-                f" the bytes received hash to {digest.hexdigest()}"
+                f"drive: md5 mismatch for {master.object}: Drive lists {master.md5}, the bytes received hash to {md5}"
             )
 
     async def read_range(self, master: Master, start: int, length: int) -> bytes:

@@ -1,0 +1,404 @@
+"""The Store contract, run against SQLite and a real PostgreSQL (see conftest's ``store_url``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from fulfiller import jobs
+from fulfiller.jobs import Attempt
+from fulfiller.store import Store, StoreUnavailable
+from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED
+from store.builders import (
+    FULFILLED, PROJECT, REJECTED, REQUESTED, TIMEOUT, event, ingest_job, lifecycle_body, request_body, requested,
+    status_of,
+)
+
+# -- intake ------------------------------------------------------------------------------
+
+
+async def test_ingest_new_then_duplicate(store: Store) -> None:
+    ev = requested("evt-1")
+    assert await store.ingest(ev) is True
+    again = requested("evt-1", code="HRT-OTHER")  # same id, other body: a redelivery, nothing new
+    assert await store.ingest(again) is False
+    listed = await store.list_jobs()
+    assert [j.id for j in listed] == [ev.job.id]  # type: ignore[union-attr]
+    job = await store.get_job(ev.job.id)  # type: ignore[union-attr]
+    assert job is not None
+    assert (job.status, job.event_id, job.code, job.variation, job.locale) == ("queued", "evt-1", "HRT-1", 2, "en")
+    assert job.payload == request_body() | {"fulfillment": job.payload["fulfillment"]}
+    assert job.storage_key == f"fb-external/{PROJECT}/HRT-1/v2/en/9x16.video"
+    assert job.request_kind == "oss" and job.chosen_aspect == "9x16"
+
+
+async def test_events_without_job_are_stored_once(store: Store) -> None:
+    other = event("evt-x", "something.else", {"hello": "world"})
+    assert other.job is None and other.note
+    assert await store.ingest(other) is True
+    assert await store.ingest(other) is False
+    assert await store.list_jobs() == []
+
+
+async def test_invalid_payload_is_stored_as_invalid_job(store: Store) -> None:
+    body = request_body()
+    del body["creative"]["kind"]
+    ev = event("evt-bad", REQUESTED, body)
+    assert await store.ingest(ev) is True
+    job = await store.get_job(ev.job.id)  # type: ignore[union-attr]
+    assert job is not None and job.status == jobs.INVALID and "creative.kind" in (job.error or "")
+    assert await store.claim("w", 60) is None  # never runnable
+
+
+async def test_failing_job_insert_stores_no_event(store: Store) -> None:
+    first = await ingest_job(store, "evt-1")
+    clash = requested("evt-2", code="HRT-2")
+    assert clash.job is not None
+    clash = replace(clash, job=replace(clash.job, id=first.id))  # the job insert will violate the primary key
+    with pytest.raises(StoreUnavailable):
+        await store.ingest(clash)
+    # The event was rolled back with its job: the same delivery, retried, is new.
+    fixed = requested("evt-2", code="HRT-2")
+    assert await store.ingest(fixed) is True
+    assert sorted(j.event_id for j in await store.list_jobs()) == ["evt-1", "evt-2"]
+
+
+async def test_a_failing_write_spoils_no_neighbour(store: Store) -> None:
+    first = await ingest_job(store, "evt-0")
+    bad = requested("evt-bad")
+    bad = replace(bad, job=replace(bad.job, id=first.id))  # type: ignore[arg-type]
+    goods = [requested(f"evt-{i}", code=f"HRT-{i}") for i in range(1, 30)]
+    # Submitted together, they share group commits with the failing one.
+    results = await asyncio.gather(*(store.ingest(e) for e in [*goods[:15], bad, *goods[15:]]),
+                                   return_exceptions=True)
+    assert isinstance(results[15], StoreUnavailable)
+    assert [r for i, r in enumerate(results) if i != 15] == [True] * len(goods)
+    assert len(await store.list_jobs(limit=100)) == 1 + len(goods)
+
+
+async def test_a_write_that_raises_spoils_no_neighbour(store: Store) -> None:
+    def broken(cur: Any) -> None:
+        cur.execute("UPDATE jobs SET error = 'half done'")
+        raise RuntimeError("a bug in one write")
+
+    goods = [requested(f"evt-{i}", code=f"HRT-{i}") for i in range(10)]
+    results = await asyncio.gather(*(store.ingest(e) for e in goods[:5]),
+                                   store._write(broken),  # type: ignore[attr-defined]
+                                   *(store.ingest(e) for e in goods[5:]), return_exceptions=True)
+    assert isinstance(results[5], RuntimeError)
+    assert results[:5] + results[6:] == [True] * 10
+    listed = await store.list_jobs()
+    assert len(listed) == 10 and {j.error for j in listed} == {None}
+
+
+# -- lifecycle events ----------------------------------------------------------------------
+
+
+async def test_lifecycle_matches_by_storage_key(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    other = await ingest_job(store, "evt-2", code="HRT-2")
+    assert job.storage_key
+    done = event("evt-f", FULFILLED, lifecycle_body(key=job.storage_key))
+    assert await store.ingest(done) is True
+    assert await status_of(store, job.id) == jobs.FULFILLED
+    assert await status_of(store, other.id) == jobs.QUEUED
+
+
+async def test_lifecycle_closes_a_running_job_and_its_lease(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    claimed = await store.claim("w1", 60)
+    assert claimed is not None and claimed.id == job.id
+    rejected = event("evt-r", REJECTED, lifecycle_body(key=job.storage_key, reason="wrong_aspect"))
+    assert await store.ingest(rejected) is True
+    stored = await store.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.lifecycle_reason, stored.lease_owner) == (jobs.REJECTED, "wrong_aspect", None)
+    assert await store.renew(job.id, "w1", 60) is False  # the worker learns it is no longer its job
+    assert await store.finish(job.id, "w1", jobs.COMPLETED, {}) is False
+    assert await status_of(store, job.id) == jobs.REJECTED
+
+
+async def test_lifecycle_by_coordinates_prefers_the_aspect_named(store: Store) -> None:
+    # A hybrid creative: an OSS story_reel job and (newer) an AFS feed job on the same coordinates.
+    t0 = time.time()
+    story = await ingest_job(store, "evt-story", t0, aspect="9x16")
+    feed = await ingest_job(store, "evt-feed", t0 + 1, aspect=None, family="feed")
+    # The feed job's worker picked 4x5.
+    claimed = await store.claim("w", 60)
+    claimed2 = await store.claim("w", 60)
+    assert {claimed.id, claimed2.id} == {story.id, feed.id}  # type: ignore[union-attr]
+    assert await store.update(feed.id, "w", {"chosen_aspect": "4x5"}) is True
+
+    assert await store.ingest(event("evt-f1", FULFILLED, lifecycle_body(aspect="9x16"))) is True
+    assert await status_of(store, story.id) == jobs.FULFILLED
+    assert await status_of(store, feed.id) == jobs.RUNNING
+
+    assert await store.ingest(event("evt-f2", REJECTED, lifecycle_body(aspect="4x5", reason="corrupt"))) is True
+    assert await status_of(store, feed.id) == jobs.REJECTED
+
+
+async def test_lifecycle_by_coordinates_without_aspect_takes_the_newest(store: Store) -> None:
+    t0 = time.time()
+    old = await ingest_job(store, "evt-old", t0, aspect="9x16")
+    new = await ingest_job(store, "evt-new", t0 + 1, aspect=None, family="feed")
+    assert await store.ingest(event("evt-t", TIMEOUT, lifecycle_body())) is True
+    assert await status_of(store, new.id) == jobs.TIMED_OUT
+    assert await status_of(store, old.id) == jobs.QUEUED
+
+
+async def test_unmatched_lifecycle_is_kept_and_applied_when_its_job_arrives(store: Store) -> None:
+    key = f"fb-external/{PROJECT}/HRT-9/v1/en/9x16.video"
+    # Deliveries cross: the timeout arrives before the request it closes.
+    assert await store.ingest(event("evt-t", TIMEOUT, lifecycle_body(key=key))) is True
+    assert await store.ingest(event("evt-r", REJECTED, lifecycle_body(code="HRT-7", variation=1))) is True
+    unrelated = await ingest_job(store, "evt-u", code="HRT-8", variation=1)
+    assert await status_of(store, unrelated.id) == jobs.QUEUED
+    by_key = await ingest_job(store, "evt-req", code="HRT-9", variation=1, key=key)
+    assert await status_of(store, by_key.id) == jobs.TIMED_OUT
+    by_coords = await ingest_job(store, "evt-req2", code="HRT-7", variation=1)
+    assert await status_of(store, by_coords.id) == jobs.REJECTED
+    assert await store.claim("w", 60) is not None  # only the unrelated job is runnable
+    assert await store.claim("w", 60) is None
+
+
+# -- claims and leases --------------------------------------------------------------------------
+
+
+async def test_claim_takes_the_oldest_runnable_job(store: Store) -> None:
+    t0 = time.time() - 10
+    made = [await ingest_job(store, f"evt-{i}", t0 + i, code=f"HRT-{i}") for i in (2, 0, 1)]
+    order = []
+    while (job := await store.claim("w", 60)) is not None:
+        order.append(job.event_id)
+        assert (job.status, job.lease_owner, job.runs) == (jobs.RUNNING, "w", 1)
+        assert job.lease_until is not None and job.lease_until > time.time() + 50
+    assert order == ["evt-0", "evt-1", "evt-2"]
+    assert len(made) == 3
+
+
+async def test_lease_expiry_lets_another_worker_take_the_job(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    first = await store.claim("w1", 0.0)  # a lease that lapses at once
+    assert first is not None and first.id == job.id
+    second = None
+    deadline = time.monotonic() + 5
+    while second is None and time.monotonic() < deadline:  # the clock must move past lease_until
+        second = await store.claim("w2", 60)
+    assert second is not None and second.id == job.id
+    assert (second.lease_owner, second.runs) == ("w2", 2)
+    # w1 lost it: it can no longer renew, record, release or finish.
+    assert await store.renew(job.id, "w1", 60) is False
+    assert await store.update(job.id, "w1", {"error": "late"}) is False
+    assert await store.release(job.id, "w1") is False
+    assert await store.finish(job.id, "w1", jobs.COMPLETED, {}) is False
+    assert await store.claim("w3", 60) is None
+    # w2 holds it.
+    assert await store.renew(job.id, "w2", 60) is True
+    assert await store.finish(job.id, "w2", jobs.COMPLETED, {"content_hash": "sha256:00"}) is True
+    done = await store.get_job(job.id)
+    assert done is not None
+    assert (done.status, done.lease_owner, done.lease_until, done.content_hash, done.error) == (
+        jobs.COMPLETED, None, None, "sha256:00", None)
+
+
+async def test_renew_extends_the_lease(store: Store) -> None:
+    await ingest_job(store, "evt-1")
+    job = await store.claim("w", 5)
+    assert job is not None and job.lease_until is not None
+    assert await store.renew(job.id, "w", 120) is True
+    renewed = await store.get_job(job.id)
+    assert renewed is not None and renewed.lease_until is not None
+    assert renewed.lease_until > job.lease_until + 100
+
+
+async def test_update_and_finish_only_by_the_owner(store: Store) -> None:
+    await ingest_job(store, "evt-1")
+    job = await store.claim("owner", 60)
+    assert job is not None
+    assert await store.update(job.id, "intruder", {"bytes": 1}) is False
+    assert await store.update(job.id, "owner", {"bytes": 42, "extension": "mp4", "content_type": "video/mp4"})
+    with pytest.raises(ValueError):
+        await store.update(job.id, "owner", {"status": "completed"})
+    with pytest.raises(ValueError):
+        await store.update(job.id, "owner", {"lease_owner": "intruder"})
+    assert await store.finish(job.id, "intruder", jobs.COMPLETED, {}) is False
+    assert await store.finish(job.id, "owner", jobs.FAILED, {"error": "403 from upload"}) is True
+    assert await store.update(job.id, "owner", {"bytes": 7}) is False  # closed: no longer held
+    final = await store.get_job(job.id)
+    assert final is not None
+    assert (final.status, final.bytes, final.extension, final.error) == (jobs.FAILED, 42, "mp4", "403 from upload")
+
+
+async def test_attempts_are_kept_in_order(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    t = time.time()
+    await store.add_attempt(job.id, Attempt("resolve", t, 1.5, None, None, "local:a.mp4"))
+    await store.add_attempt(job.id, Attempt("upload", t + 1, 20.0, 503, "upload answered 503"))
+    await store.add_attempt(job.id, Attempt("upload", t + 2, 30.0, 200))
+    loaded = await store.get_job(job.id)
+    assert loaded is not None
+    assert [(a.step, a.http_status) for a in loaded.attempts] == [("resolve", None), ("upload", 503), ("upload", 200)]
+    assert loaded.attempts[1].error == "upload answered 503"
+    assert loaded.attempts[0].detail == "local:a.mp4"
+    assert await store.get_job("job_missing") is None
+
+
+async def test_release_gives_the_job_back(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    assert (await store.claim("w", 60)).id == job.id  # type: ignore[union-attr]
+    assert await store.release(job.id, "other") is False
+    assert await store.release(job.id, "w", not_before=time.time() + 3600) is True
+    released = await store.get_job(job.id)
+    assert released is not None and (released.status, released.lease_owner) == (jobs.QUEUED, None)
+    assert await store.claim("w", 60) is None  # not before its time
+    assert await store.requeue(job.id) == REQUEUED  # an operator's rerun clears not_before
+    again = await store.claim("w2", 60)
+    assert again is not None and (again.id, again.runs) == (job.id, 2)
+    assert await store.release(job.id, "w2") is True
+    assert (await store.claim("w3", 60)).id == job.id  # type: ignore[union-attr]
+
+
+async def test_requeue_outcomes(store: Store) -> None:
+    assert await store.requeue("job_nope") == NOT_FOUND
+
+    running = await ingest_job(store, "evt-run", code="HRT-RUN")
+    assert (await store.claim("w", 60)).id == running.id  # type: ignore[union-attr]
+    assert await store.requeue(running.id) == IS_RUNNING
+
+    body = request_body(code="HRT-BAD")
+    del body["fulfillment"]["storageKey"]
+    invalid = event("evt-invalid", REQUESTED, body)
+    assert await store.ingest(invalid) is True
+    assert await store.requeue(invalid.job.id) == NOT_RERUNNABLE  # type: ignore[union-attr]
+
+    late = await ingest_job(store, "evt-late", code="HRT-LATE", expires_in=-5)
+    assert await store.finish(running.id, "w", jobs.FAILED, {"error": "boom", "skip_reason": "x"}) is True
+    assert (await store.claim("w", 60)).id == late.id  # type: ignore[union-attr]
+    assert await store.finish(late.id, "w", jobs.EXPIRED, {}) is True
+    assert await store.requeue(late.id) == PAST_DEADLINE
+
+    assert await store.requeue(running.id, skip_reason="operator: no master") == REQUEUED
+    again = await store.get_job(running.id)
+    assert again is not None
+    assert (again.status, again.error, again.skip_reason, again.skip_requested) == (
+        jobs.QUEUED, None, None, "operator: no master")
+    claimed = await store.claim("w2", 60)
+    assert claimed is not None and claimed.id == running.id and claimed.skip_requested == "operator: no master"
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+async def test_list_jobs_filters_and_pages(store: Store) -> None:
+    t0 = time.time() - 100
+    codes = ["HRT-100", "hrt-101", "ABC-1", "HRT-102", "ABC-2", "XYZ-50%", "HRT-103"]
+    made = [await ingest_job(store, f"evt-{i}", t0 + i, code=c) for i, c in enumerate(codes)]
+    newest_first = [j.id for j in reversed(made)]
+    assert [j.id for j in await store.list_jobs()] == newest_first
+    pages = [await store.list_jobs(limit=3, offset=o) for o in (0, 3, 6, 9)]
+    assert [[j.id for j in p] for p in pages] == [newest_first[:3], newest_first[3:6], newest_first[6:], []]
+    assert {j.code for j in await store.list_jobs(code="hrt-10")} == {"HRT-100", "hrt-101", "HRT-102", "HRT-103"}
+    assert [j.code for j in await store.list_jobs(code="50%")] == ["XYZ-50%"]
+    assert await store.list_jobs(code="nothing") == []
+    # Status filter: claim the two oldest (HRT-100, hrt-101) and finish one.
+    a = await store.claim("w", 60)
+    b = await store.claim("w", 60)
+    assert a is not None and b is not None
+    assert await store.finish(a.id, "w", jobs.COMPLETED, {}) is True
+    assert [j.id for j in await store.list_jobs(status="completed")] == [a.id]
+    assert [j.id for j in await store.list_jobs(status="running")] == [b.id]
+    assert len(await store.list_jobs(status="queued")) == 5
+    assert [j.code for j in await store.list_jobs(status="queued", code="abc")] == ["ABC-2", "ABC-1"]
+    assert await store.list_jobs(status="running", code="abc") == []
+
+
+async def test_stats(store: Store) -> None:
+    empty = await store.stats()
+    assert empty.by_status == {} and empty.oldest_queued_at is None
+    t0 = time.time() - 50
+    for i in range(4):
+        await ingest_job(store, f"evt-{i}", t0 + i, code=f"HRT-{i}")
+    body = request_body(code="HRT-INV")
+    body["creative"]["variation"] = -1
+    assert await store.ingest(event("evt-inv", REQUESTED, body, t0 - 100)) is True
+    job = await store.claim("w", 60)
+    assert job is not None
+    assert await store.finish(job.id, "w", jobs.COMPLETED, {}) is True
+    await store.claim("w", 60)
+    stats = await store.stats()
+    assert stats.by_status == {"queued": 2, "running": 1, "completed": 1, "invalid": 1}
+    assert stats.oldest_queued_at == pytest.approx(t0 + 2)
+
+
+# -- schema, concurrency, availability ---------------------------------------------------------
+
+
+async def test_migrations_are_idempotent(make_store: Any, store_url: str) -> None:
+    first = await make_store()
+    job = await ingest_job(first, "evt-1")
+    await first.close()
+    for _ in range(2):
+        again = await make_store()
+        loaded = await again.get_job(job.id)
+        assert loaded is not None and loaded.event_id == "evt-1"
+        assert await again.ingest(requested("evt-1")) is False
+        versions = await again._read(  # type: ignore[attr-defined]
+            lambda cur: cur.execute("SELECT count(*), max(version) FROM fulfiller_schema").fetchone())
+        assert tuple(versions) == (1, 1)
+        await again.close()
+
+
+async def test_concurrent_claims_never_hand_one_job_to_two_owners(make_store: Any) -> None:
+    # Several store instances (separate connections and writer threads: as several processes) share the state.
+    stores = [await make_store() for _ in range(3)]
+    n_jobs = 60
+    await asyncio.gather(*(stores[i % 3].ingest(requested(f"evt-{i}", code=f"HRT-{i}")) for i in range(n_jobs)))
+    claims: list[tuple[str, str]] = []
+
+    async def claimer(store: Store, owner: str) -> None:
+        while (job := await store.claim(owner, 300)) is not None:
+            assert job.lease_owner == owner
+            claims.append((job.id, owner))
+
+    await asyncio.gather(*(claimer(stores[t % 3], f"owner-{t}") for t in range(30)))
+    per_job = Counter(job_id for job_id, _ in claims)
+    assert len(per_job) == n_jobs
+    assert set(per_job.values()) == {1}
+    listed = await stores[0].list_jobs(limit=1000)
+    assert {j.id: j.lease_owner for j in listed} == {job_id: owner for job_id, owner in claims}
+
+
+async def test_wait_for_work_returns_when_work_is_queued(store: Store) -> None:
+    await store.wait_for_work(0.01)  # settle anything pending from open()
+    waiter = asyncio.create_task(store.wait_for_work(60))
+    await asyncio.sleep(0)  # let the waiter start waiting
+    started = time.monotonic()
+    await ingest_job(store, "evt-1")
+    await asyncio.wait_for(waiter, 10)
+    assert time.monotonic() - started < 10
+
+
+def _fail_fast(url: str) -> str:
+    """The store URL with a short lock wait (SQLite) or connect timeout (PostgreSQL)."""
+    return url + ("?busy_timeout_ms=200" if url.startswith("sqlite") else "?connect_timeout=3")
+
+
+async def test_ping_fails_when_the_database_is_unreachable(make_store: Any, store_url: str, outage: Any) -> None:
+    store = await make_store(_fail_fast(store_url))
+    await store.ping()
+    job = await ingest_job(store, "evt-1")
+    with outage():
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.ingest(requested("evt-2", code="HRT-2"))
+    # Back: the next write reconnects, and nothing acknowledged was lost.
+    await store.ping()
+    assert await store.ingest(requested("evt-2", code="HRT-2")) is True
+    assert {j.id for j in await store.list_jobs()} >= {job.id}
+    assert len(await store.list_jobs()) == 2
