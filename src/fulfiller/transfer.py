@@ -62,15 +62,23 @@ async def upload(
     sent = 0
 
     async def body() -> AsyncIterator[bytes]:
+        # Each chunk goes out when the next one arrives, the last only once the source has ended
+        # cleanly: a check the catalog makes at the end (Drive's md5) then fails the PUT short of its
+        # Content-Length, so the store never keeps a whole object made of bad bytes.
         nonlocal sent
+        held = b""
         async for chunk in chunks:
             sent += len(chunk)
             if sent > size:
                 raise SizeMismatch(f"master grew past its listed size of {size} bytes")
             hasher.update(chunk)
-            yield chunk
+            if held:
+                yield held
+            held = chunk
         if sent != size:
             raise SizeMismatch(f"master ended at {sent} of its listed {size} bytes")
+        if held:
+            yield held
 
     headers = {"Content-Type": content_type, "Content-Length": str(size)}
     try:

@@ -1,0 +1,232 @@
+"""Log lines: the formatters on their own, then everything a real ``fulfiller serve`` writes.
+
+The formatters: one JSON object a line (tracebacks included), ``event_id`` and
+``job_id`` carried through, URLs redacted in messages, fields and exceptions.
+The process: a scripted run (a retried upload, a retried callback, a refused
+upload, a bad signature, admin calls, a rerun) with its stderr captured, then
+the whole log searched for every credential the run handled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import secrets
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fulfiller.logs import FIELDS, JsonFormatter, TextFormatter, setup_logging
+from fulfiller.testevent import signed_headers
+from support.fulfiller_proc import FulfillerProcess, attempts
+from support.platform import run_platform, source_requested, storage_key
+
+MEDIA = Path(__file__).parent / "media"
+TIMEOUT_S = 30
+
+PRESIGNED = (
+    "https://acct.r2.cloudflarestorage.com/bucket/fb-external/p/HRT-1/v1/en/9x16.video"
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20250101%2Fauto%2Fs3%2Faws4_request"
+    "&X-Amz-Date=20250101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+    "&X-Amz-Signature=5f1e0c9d8b7a69584736251403f2e1d0c9b8a79685746352413f2e1d0c9b8a7"
+)
+SIGNATURE = "5f1e0c9d8b7a69584736251403f2e1d0c9b8a79685746352413f2e1d0c9b8a7"
+CALLBACK = "https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_9Zq3xYw7Lk2/complete"
+CALLBACK_TOKEN = "waitpoint_9Zq3xYw7Lk2"
+
+
+def record(msg: str, *args: Any, level: int = logging.INFO, exc: BaseException | None = None,
+           **extra: Any) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    rec = logging.LogRecord("fulfiller.engine", level, __file__, 42, msg, args, exc_info)
+    for key, value in extra.items():
+        setattr(rec, key, value)
+    return rec
+
+
+def raised(message: str) -> BaseException:
+    try:
+        raise RuntimeError(message)
+    except RuntimeError as exc:
+        return exc
+
+
+# --- JsonFormatter ----------------------------------------------------------------------
+
+
+def test_json_line_carries_event_and_job_ids() -> None:
+    line = JsonFormatter().format(record("upload %s", "ok", event_id="evt_1", job_id="job_1", step="upload",
+                                         http_status=200, duration_ms=12.5))
+    assert "\n" not in line
+    out = json.loads(line)
+    assert out["msg"] == "upload ok"
+    assert out["level"] == "info" and out["logger"] == "fulfiller.engine"
+    assert out["ts"].endswith("Z")
+    assert (out["event_id"], out["job_id"], out["step"], out["http_status"], out["duration_ms"]) == (
+        "evt_1", "job_1", "upload", 200, 12.5)
+
+
+def test_json_leaves_out_empty_and_unlisted_fields() -> None:
+    out = json.loads(JsonFormatter().format(record("x", job_id=None, password="hunter2", upload_url=PRESIGNED)))
+    assert set(out) == {"ts", "level", "logger", "msg"}
+    assert "hunter2" not in json.dumps(out) and SIGNATURE not in json.dumps(out)
+
+
+def test_json_redacts_urls_in_message_args_and_fields() -> None:
+    line = JsonFormatter().format(record("PUT %s answered 403 (callback %s)", PRESIGNED, CALLBACK,
+                                         reason=f"gave up on {CALLBACK}", object=PRESIGNED))
+    out = json.loads(line)
+    for secret in (SIGNATURE, CALLBACK_TOKEN, "AKIDEXAMPLE"):
+        assert secret not in line
+    assert "acct.r2.cloudflarestorage.com" in out["msg"]  # the host stays: operators need it
+    assert "REDACTED" in out["msg"] and "REDACTED" in out["reason"] and "REDACTED" in out["object"]
+
+
+def test_json_traceback_stays_on_one_line_and_is_redacted() -> None:
+    exc = raised(f"connect failed for {PRESIGNED}")
+    line = JsonFormatter().format(record("job crashed", level=logging.ERROR, exc=exc, job_id="job_2"))
+    assert "\n" not in line
+    out = json.loads(line)
+    assert out["level"] == "error" and out["job_id"] == "job_2"
+    assert "Traceback" in out["exc"] and "RuntimeError" in out["exc"]
+    assert SIGNATURE not in line and "REDACTED" in out["exc"]
+
+
+def test_json_line_for_odd_values() -> None:
+    """Non-string field values pass through as JSON; unprintable ones become strings, never an error."""
+    line = JsonFormatter().format(record("odd", bytes=10, attempt=2, worker=object(), catalog="local"))
+    out = json.loads(line)
+    assert out["bytes"] == 10 and out["attempt"] == 2 and out["catalog"] == "local"
+    assert isinstance(out["worker"], str)
+
+
+# --- TextFormatter ----------------------------------------------------------------------
+
+
+def test_text_line_has_fields_and_redacts() -> None:
+    line = TextFormatter().format(record("PUT %s failed", PRESIGNED, event_id="evt_9", job_id="job_9",
+                                         reason=CALLBACK))
+    assert "\n" not in line
+    assert "INFO" in line and "event_id=evt_9" in line and "job_id=job_9" in line
+    assert SIGNATURE not in line and CALLBACK_TOKEN not in line
+    assert "REDACTED" in line
+
+
+def test_text_traceback_is_redacted() -> None:
+    text = TextFormatter().format(record("boom", level=logging.ERROR, exc=raised(f"lost {CALLBACK}")))
+    assert "Traceback" in text and CALLBACK_TOKEN not in text and "REDACTED" in text
+
+
+# --- setup_logging ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx")
+    loggers = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate,
+                   logging.getLogger(n).disabled) for n in names}
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for n, (handlers, level, propagate, disabled) in loggers.items():
+        lg = logging.getLogger(n)
+        lg.handlers[:], lg.level, lg.propagate, lg.disabled = handlers, level, propagate, disabled
+
+
+def test_setup_logging_writes_json_lines_to_stderr(restore_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    setup_logging("json", "INFO")
+    logging.getLogger("fulfiller.test").info("hello %s", PRESIGNED, extra={"event_id": "evt_s"})
+    logging.getLogger("fulfiller.test").debug("not at INFO")
+    logging.getLogger("httpx").info("HTTP Request: PUT %s", PRESIGNED)  # httpx's own line: quieted
+    logging.getLogger("uvicorn.error").info("Started server process")  # routed through ours
+    lines = err.getvalue().splitlines()
+    parsed = [json.loads(line) for line in lines]
+    assert [p["msg"] for p in parsed][0].startswith("hello https://acct.r2.cloudflarestorage.com/")
+    assert parsed[0]["event_id"] == "evt_s"
+    assert [p["logger"] for p in parsed] == ["fulfiller.test", "uvicorn.error"]
+    assert SIGNATURE not in err.getvalue()
+
+
+def test_fields_are_the_documented_set() -> None:
+    assert {"event_id", "job_id", "status", "step", "http_status", "duration_ms", "reason"} <= set(FIELDS)
+
+
+# --- a whole run through fulfiller serve --------------------------------------------------
+
+
+def test_no_credential_reaches_the_log_of_a_real_run(tmp_path: Path) -> None:
+    receiver_secret = "whsec_" + secrets.token_hex(16)
+    admin_token = "adm_" + secrets.token_hex(16)
+    masters = tmp_path / "masters"
+    for code in ("LOG-OK", "LOG-403"):
+        (masters / code / "v1" / "en").mkdir(parents=True)
+        shutil.copyfile(MEDIA / "9x16.mp4", masters / code / "v1" / "en" / "9x16.mp4")
+    config = {
+        "receiver": {"secrets": [receiver_secret]},
+        "admin": {"token": admin_token},
+        "worker": {"allow_insecure_http": True, "allowed_upload_hosts": ["127.0.0.1"],
+                   "allowed_callback_hosts": ["127.0.0.1"], "retry_base_s": 0.05, "retry_max_s": 0.2},
+        "catalogs": {"local": {"type": "local", "root": str(masters)}},
+        "routes": [{"codes": ["*"], "catalog": "local"}],
+    }
+    credentials: dict[str, str] = {"receiver secret": receiver_secret, "admin token": admin_token}
+
+    with run_platform(tmp_path / "platform") as platform:
+        # DEBUG: the libraries' own debug lines (httpcore's, for one) must not leak either.
+        with FulfillerProcess(tmp_path / "serve", config, secret=receiver_secret, admin_token=admin_token,
+                              env={"FULFILLER_LOG_LEVEL": "DEBUG"}) as proc:
+            def event(code: str) -> tuple[dict[str, Any], str, str]:
+                key = storage_key(code, "9x16")
+                token = f"waitpoint_{secrets.token_hex(12)}"
+                url = platform.presign(key)
+                credentials[f"{code} upload signature"] = url.rsplit("X-Amz-Signature=", 1)[1]
+                credentials[f"{code} callback token"] = token
+                return source_requested(code, aspect="9x16", key=key, upload_url=url,
+                                        callback_url=platform.callback_url(token)), key, token
+
+            # Completed after a 503 on the upload and a 500 on the callback (both retried).
+            ok, ok_key, ok_token = event("LOG-OK")
+            platform.fail_uploads(1, status=503, key=ok_key)
+            platform.fail_callbacks(1, status=500, token=ok_token)
+            ok_job = proc.wait_for_job(proc.deliver(ok), timeout=TIMEOUT_S)
+            assert ok_job["status"] == "completed", ok_job
+            assert [a["http_status"] for a in attempts(ok_job, "upload")] == [503, 200]
+            assert [a["http_status"] for a in attempts(ok_job, "callback")] == [500, 202]
+
+            # Failed on a 403 (the pre-signed URL refused), then rerun by an operator.
+            bad, bad_key, _ = event("LOG-403")
+            platform.fail_uploads(1, status=403, key=bad_key, body="SignatureDoesNotMatch")
+            bad_id = proc.deliver(bad)
+            failed = proc.wait_for_job(bad_id, timeout=TIMEOUT_S)
+            assert failed["status"] == "failed", failed
+            assert proc.admin("POST", f"/admin/jobs/{bad_id}/rerun").status_code == 202
+            assert proc.wait_for_job(bad_id, timeout=TIMEOUT_S)["status"] == "completed"
+
+            # Refused deliveries and admin calls with a wrong token.
+            body = json.dumps(event("LOG-NONE")[0]).encode()
+            headers = signed_headers(body, ["not-" + receiver_secret], topic="video.source_requested",
+                                     event_id=f"evt_{uuid.uuid4().hex}")
+            assert proc.http.post(f"{proc.base_url}/webhooks/outpost", content=body,
+                                  headers=headers).status_code == 401
+            assert proc.http.get(f"{proc.base_url}/admin/jobs",
+                                 headers={"Authorization": f"Bearer {admin_token}x"}).status_code == 401
+            assert proc.admin("GET", f"/admin/jobs/{bad_id}").status_code == 200
+        log = proc.log_text()
+
+    lines = [line for line in log.splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any(p.get("job_id") == ok_job["id"] and p.get("event_id") == ok_job["event_id"] for p in parsed)
+    assert any(p.get("step") == "upload" and p.get("http_status") == 503 for p in parsed)  # the run was logged
+    assert any(p.get("outcome") == "bad_signature" for p in parsed)
+    assert any(p["level"] == "debug" for p in parsed)
+    leaks = {what: value for what, value in credentials.items() if value in log}
+    assert not leaks, f"credentials in the log: {sorted(leaks)}"
