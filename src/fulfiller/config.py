@@ -179,8 +179,10 @@ def _expand(node: Any, path: str, env: Mapping[str, str], errors: list[tuple[str
 
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
-        if name in env:
-            return env[name]
+        value = env.get(name)
+        # As in the shell: ${VAR:-default} takes the default when VAR is unset *or empty*.
+        if value is not None and (value or default is None):
+            return value
         if default is not None:
             return default
         errors.append((path, f"environment variable {name} is not set"))

@@ -38,7 +38,7 @@ def new_job(event_id: str, data: Mapping[str, Any], now: float) -> Job:
             id=jobs.new_job_id(), event_id=event_id, status=jobs.INVALID, request_kind=None, payload=dict(data),
             storage_key=_str_or_none(_field(data, "fulfillment", "storageKey")),
             project_id=_str_or_none(data.get("projectId")), code=_str_or_none(_field(data, "creative", "code")),
-            variation=variation if isinstance(variation, int) and not isinstance(variation, bool) else None,
+            variation=variation if _storable_int(variation) else None,
             locale=_str_or_none(_field(data, "creative", "locale")), expires_at=expires,
             created_at=now, updated_at=now, error=f"invalid payload: {exc}",
         )
@@ -48,6 +48,10 @@ def new_job(event_id: str, data: Mapping[str, Any], now: float) -> Job:
         variation=req.coords.variation, locale=req.coords.locale, expires_at=req.expires_at.timestamp(),
         created_at=now, updated_at=now, chosen_aspect=req.aspect,
     )
+
+
+def _storable_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= events.MAX_INT
 
 
 def _str_or_none(value: Any) -> str | None:

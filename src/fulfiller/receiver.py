@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 
 from starlette.requests import ClientDisconnect, Request
@@ -75,21 +76,50 @@ class Receiver:
         except SignatureError as exc:
             return _error(401, f"signature refused: {exc}"), "bad_signature", None
         event_id = header_id or "sha256:" + hashlib.sha256(body).hexdigest()
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            data = None
-        if not isinstance(data, dict):
+        text, data = _parse_object(body)
+        if data is None:
             return _error(400, "body is not a JSON object"), "bad_body", event_id
-        text = body.decode("utf-8")
         try:
             stored = await self.store.ingest(plan(event_id, topic, text, data, time.time()))
         except StoreUnavailable as exc:
             log.error("store cannot commit: %s", exc, extra={"event_id": event_id})
             return _error(503, "store unavailable; retry later"), "store_unavailable", event_id
+        except Exception:  # a bug must not become a 500 that Outpost counts as final: 503, retried
+            log.exception("store failed on a delivery", extra={"event_id": event_id})
+            return _error(503, "store unavailable; retry later"), "store_unavailable", event_id
         if not stored:
             return JSONResponse({"status": "duplicate", "event_id": event_id}, 200), "duplicate", event_id
         return JSONResponse({"status": "accepted", "event_id": event_id}, 202), "accepted", event_id
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf, which no JSON writer can write back
+        raise ValueError("number out of range")
+    return value
+
+
+def _parse_object(body: bytes) -> tuple[str, dict | None]:
+    """The body as text and as a JSON object, or ``("", None)`` when it is not one.
+
+    Strict where Python's json module is lenient, so that whatever is acked can
+    be stored and shown again: UTF-8 only (``json.loads`` on bytes would also
+    guess UTF-16/32), no NaN/Infinity, no number that overflows to infinity, no
+    lone surrogate from a ``\\udXXX`` escape (it cannot be encoded as UTF-8),
+    and nesting deep enough to exhaust the recursion limit is refused, not a 500.
+    """
+    try:
+        text = body.decode("utf-8")
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if isinstance(data, dict) and "\\u" in text:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+        return "", None
+    return text, data if isinstance(data, dict) else None
 
 
 def _error(status: int, message: str) -> JSONResponse:

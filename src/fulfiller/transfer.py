@@ -8,7 +8,10 @@ computed on the way for the callback's ``contentHash``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import queue
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -54,11 +57,81 @@ def transient_for(response: httpx.Response, what: str) -> Transient | None:
     return None
 
 
+class _Hasher:
+    """SHA-256 on its own thread, so hashing one chunk overlaps sending the next.
+
+    hashlib releases the GIL on large buffers; on the event loop's thread the
+    hash alone would cap a transfer at one core's hashing speed. The queue is
+    bounded so a slow hasher holds back the stream instead of buffering it.
+    """
+
+    def __init__(self, depth: int = 8):
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._sha.update(chunk)
+
+    async def update(self, chunk: bytes) -> None:
+        try:
+            self._queue.put_nowait(chunk)
+        except queue.Full:
+            await asyncio.to_thread(self._queue.put, chunk)
+
+    async def hexdigest(self) -> str:
+        await asyncio.to_thread(self._finish)
+        return self._sha.hexdigest()
+
+    def _finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def abandon(self) -> None:
+        """Stop the thread without waiting (the upload failed; the hash is not needed)."""
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            threading.Thread(target=self._queue.put, args=(None,), daemon=True).start()
+
+
+_END = object()
+
+
+async def _read_ahead(chunks: AsyncIterator[bytes], depth: int) -> AsyncIterator[bytes]:
+    """``chunks``, with up to ``depth`` of them fetched while the earlier ones are being sent.
+
+    Without it, reading the next chunk from the catalog waits until the last one is
+    on the wire, so the transfer runs at the sum of both latencies rather than the slower.
+    """
+    ahead: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
+
+    async def produce() -> None:
+        try:
+            async for chunk in chunks:
+                await ahead.put(chunk)
+            await ahead.put(_END)
+        except Exception as exc:  # handed to the consumer, which raises it in order
+            await ahead.put(exc)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while (item := await ahead.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
+
+
 async def upload(
     client: httpx.AsyncClient, url: str, chunks: AsyncIterator[bytes], size: int, content_type: str
 ) -> Delivered:
     """PUT ``size`` bytes from ``chunks`` to ``url``; raise Transient, Refused or SizeMismatch."""
-    hasher = hashlib.sha256()
+    hasher = _Hasher()
     sent = 0
 
     async def body() -> AsyncIterator[bytes]:
@@ -67,11 +140,11 @@ async def upload(
         # Content-Length, so the store never keeps a whole object made of bad bytes.
         nonlocal sent
         held = b""
-        async for chunk in chunks:
+        async for chunk in _read_ahead(chunks, depth=4):
             sent += len(chunk)
             if sent > size:
                 raise SizeMismatch(f"master grew past its listed size of {size} bytes")
-            hasher.update(chunk)
+            await hasher.update(chunk)
             if held:
                 yield held
             held = chunk
@@ -84,9 +157,14 @@ async def upload(
     try:
         response = await client.put(url, content=body(), headers=headers)
     except httpx.HTTPError as exc:
+        hasher.abandon()
         raise Transient(f"upload failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
+    except BaseException:
+        hasher.abandon()
+        raise
     if response.is_success:
-        return Delivered(sent, hasher.hexdigest(), response.status_code)
+        return Delivered(sent, await hasher.hexdigest(), response.status_code)
+    hasher.abandon()
     transient = transient_for(response, "upload")
     if transient:
         raise transient

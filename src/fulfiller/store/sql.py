@@ -46,6 +46,13 @@ JOB_COLUMNS = (
 # What a worker may record on a job it holds.
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+_PENDING_LC = ("SELECT event_id, lc_status, lc_reason, received_at FROM events"
+               " WHERE lc_status IS NOT NULL AND applied_job IS NULL AND ")
+_EARLY_LIFECYCLE = (
+    f"SELECT * FROM ({_PENDING_LC}lc_storage_key = ? ORDER BY received_at DESC LIMIT 1) AS by_key"
+    f" UNION ALL SELECT * FROM ({_PENDING_LC}lc_storage_key IS NULL AND lc_coords = ?"
+    " ORDER BY received_at DESC LIMIT 1) AS by_coords ORDER BY received_at DESC LIMIT 1"
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,12 @@ def migrations(d: Dialect) -> list[list[str]]:
                 detail TEXT
             )""",
             "CREATE INDEX attempts_job ON attempts (job_id, id)",
+            # Every new job looks for a lifecycle event that arrived before it. Without these
+            # (small, partial) indexes that lookup scanned the whole events table on every ingest.
+            "CREATE INDEX events_lc_early_key ON events (lc_storage_key, received_at)"
+            " WHERE lc_status IS NOT NULL AND applied_job IS NULL",
+            "CREATE INDEX events_lc_early_coords ON events (lc_coords, received_at)"
+            " WHERE lc_status IS NOT NULL AND applied_job IS NULL",
         ],
     ]
 
@@ -383,13 +396,11 @@ class SqlStore(Store):
             return  # an invalid job has no reliable coordinates, and nothing to close
         assert job.project_id is not None and job.code is not None
         assert job.variation is not None and job.locale is not None
-        row = self._x(
-            cur,
-            "SELECT event_id, lc_status, lc_reason FROM events WHERE lc_status IS NOT NULL AND applied_job IS NULL"
-            " AND (lc_storage_key = ? OR (lc_storage_key IS NULL AND lc_coords = ?))"
-            " ORDER BY received_at DESC LIMIT 1",
-            (job.storage_key, coords_key(job.project_id, job.code, job.variation, job.locale)),
-        ).fetchone()
+        # The newest pending one naming its storage key, or (carrying no key) its coordinates:
+        # each half is served by its partial index (one WHERE with an OR would scan every event).
+        row = self._x(cur, _EARLY_LIFECYCLE, (
+            job.storage_key, coords_key(job.project_id, job.code, job.variation, job.locale),
+        )).fetchone()
         if row:
             self._apply_lifecycle(cur, row[0], job.id, row[1], row[2], job.created_at)
 

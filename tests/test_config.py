@@ -1,0 +1,367 @@
+"""The configuration file: SPEC's defaults, ${ENV} expansion, and errors that name the dotted key path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fulfiller.config import (
+    ConfigError,
+    DriveCatalogConfig,
+    LocalCatalogConfig,
+    S3CatalogConfig,
+    load_config,
+    parse_config,
+)
+from support.servers import fulfiller_command
+
+MINIMAL = """
+receiver:
+  secrets: ["whsec_x"]
+catalogs:
+  local: {type: local}
+routes:
+  - catalog: local
+"""
+
+# SPEC's example file, verbatim.
+SPEC_EXAMPLE = """
+server:
+  host: 0.0.0.0
+  port: 8080
+state: sqlite:///./fulfiller.db      # or postgresql://user:pass@host:5432/db
+
+receiver:
+  path: /webhooks/outpost
+  max_body_bytes: 1048576
+  mode: outpost                      # outpost | standard (Standard Webhooks)
+  header_prefix: x-outpost-          # Outpost's DESTINATIONS_WEBHOOK_HEADER_PREFIX; default webhook- in standard mode
+  secrets: ["${OUTPOST_SIGNING_SECRET}"]   # required; current first, previous during rotation
+  timestamp_tolerance_s: 300         # used when the signature carries a timestamp
+
+admin:
+  token: ${FULFILLER_ADMIN_TOKEN:-}  # empty: admin routes are not mounted
+
+worker:
+  concurrency: 4                     # jobs in flight per process
+  allow_insecure_http: false         # true only for local tests: lets http:// through (allow-lists still apply)
+  allowed_upload_hosts: ["*.r2.cloudflarestorage.com"]   # host globs; "host:port" pins a port, bare host: any port
+  allowed_callback_hosts: ["api.trigger.dev"]
+
+aspects:                             # preference when a request lets us pick (AFS)
+  feed: ["4x5", "1x1", "3x4"]
+  story_reel: ["9x16"]
+
+catalogs:                            # required: at least one
+  masters-drive:
+    type: drive
+    root_folder_id: 0AbCdEfGh        # a folder, or a shared drive's id
+    credentials_file: ${GOOGLE_APPLICATION_CREDENTIALS:-}   # service-account JSON; empty: application default credentials
+    api_endpoint: null               # default Google's; set for a proxy or a test double
+    layout: "{code}/v{variation}/{locale}/{aspect}"
+  masters-s3:
+    type: s3
+    bucket: creative-masters
+    prefix: ""
+    region: null
+    endpoint_url: null               # for MinIO, R2 or any S3-compatible store
+    layout: "{code}/v{variation}/{locale}/{aspect}"
+  local:
+    type: local
+    root: ./masters
+    layout: "{code}/v{variation}/{locale}/{aspect}"
+
+routes:                              # required; first match wins
+  - project: hearty                  # optional: the event's projectSlug
+    codes: ["HRT-*"]                 # globs on creative.code
+    catalog: masters-drive
+  - codes: ["*"]
+    catalog: masters-s3
+"""
+
+
+def errors_of(text: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env=env or {})
+    return dict(info.value.errors)
+
+
+# --- defaults -------------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_ones_spec_shows() -> None:
+    config = parse_config(MINIMAL, env={})
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 8080)
+    assert config.state == "sqlite:///./fulfiller.db"
+    r = config.receiver
+    assert r.path == "/webhooks/outpost"
+    assert r.max_body_bytes == 1_048_576
+    assert r.mode == "outpost"
+    assert r.prefix == "x-outpost-"
+    assert r.secrets == ["whsec_x"]
+    assert r.timestamp_tolerance_s == 300
+    assert config.admin.token == ""
+    w = config.worker
+    assert w.concurrency == 4
+    assert w.allow_insecure_http is False
+    assert w.allowed_upload_hosts == ["*.r2.cloudflarestorage.com"]
+    assert w.allowed_callback_hosts == ["api.trigger.dev"]
+    assert config.aspects == {"feed": ["4x5", "1x1", "3x4"], "story_reel": ["9x16"]}
+    local = config.catalogs["local"]
+    assert isinstance(local, LocalCatalogConfig)
+    assert local.root == "./masters"
+    assert local.layout == "{code}/v{variation}/{locale}/{aspect}"
+    assert config.routes[0].project is None
+    assert config.routes[0].codes == ["*"]
+
+
+def test_catalog_defaults() -> None:
+    config = parse_config(MINIMAL.replace("local: {type: local}", textwrap.dedent("""\
+        local: {type: local}
+          d: {type: drive, root_folder_id: abc}
+          s: {type: s3, bucket: b}""")), env={})
+    drive, s3 = config.catalogs["d"], config.catalogs["s"]
+    assert isinstance(drive, DriveCatalogConfig) and isinstance(s3, S3CatalogConfig)
+    assert (drive.credentials_file, drive.api_endpoint) == ("", None)
+    assert drive.layout == s3.layout == "{code}/v{variation}/{locale}/{aspect}"
+    assert (s3.prefix, s3.region, s3.endpoint_url) == ("", None, None)
+
+
+def test_standard_mode_defaults_its_header_prefix_and_custom_prefixes_are_lowercased() -> None:
+    standard = parse_config(MINIMAL.replace("receiver:\n", "receiver:\n  mode: standard\n"), env={})
+    assert standard.receiver.prefix == "webhook-"
+    custom = parse_config(MINIMAL.replace("receiver:\n", "receiver:\n  header_prefix: X-Acme-\n"), env={})
+    assert custom.receiver.prefix == "x-acme-"
+
+
+def test_spec_example_parses() -> None:
+    config = parse_config(SPEC_EXAMPLE, env={"OUTPOST_SIGNING_SECRET": "whsec_spec"})
+    assert config.receiver.secrets == ["whsec_spec"]
+    assert config.admin.token == ""
+    assert sorted(config.catalogs) == ["local", "masters-drive", "masters-s3"]
+    assert [r.catalog for r in config.routes] == ["masters-drive", "masters-s3"]
+    assert config.routes[0].project == "hearty"
+
+
+def test_repository_example_config_parses() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+    config = load_config(example, env={"OUTPOST_SIGNING_SECRET": "whsec_example"})
+    assert config.receiver.secrets == ["whsec_example"]
+
+
+# --- ${ENV} ---------------------------------------------------------------------------------------
+
+
+def test_env_references_are_expanded() -> None:
+    text = textwrap.dedent("""
+        server:
+          port: ${PORT}
+          host: "${HOST:-127.0.0.1}"
+        state: sqlite:///${DATA_DIR:-/var/lib/fulfiller}/state.db
+        receiver:
+          secrets: ["${CUR}", "${PREV}"]
+          header_prefix: x-${BRAND}-
+        admin:
+          token: ${TOKEN:-}
+        worker:
+          allow_insecure_http: ${INSECURE:-false}
+        catalogs:
+          local: {type: local, root: "${ROOT:-./masters}"}
+        routes:
+          - catalog: local
+        """)
+    env = {"PORT": "9090", "CUR": "whsec_cur", "PREV": "whsec_prev", "BRAND": "acme", "DATA_DIR": "/srv",
+           "ROOT": "/data/masters", "INSECURE": "true"}
+    config = parse_config(text, env=env)
+    assert config.server.port == 9090  # a string from the environment, validated as the int it must be
+    assert config.server.host == "127.0.0.1"
+    assert config.state == "sqlite:////srv/state.db"
+    assert config.receiver.secrets == ["whsec_cur", "whsec_prev"]
+    assert config.receiver.prefix == "x-acme-"
+    assert config.admin.token == ""
+    assert config.worker.allow_insecure_http is True
+    assert config.catalogs["local"].root == "/data/masters"
+
+
+def test_default_applies_when_the_variable_is_set_but_empty() -> None:
+    """As the shell (and docker compose) do for ``${VAR:-default}``."""
+    text = MINIMAL + "server:\n  port: ${PORT:-8081}\n"
+    assert parse_config(text, env={"PORT": ""}).server.port == 8081
+    assert parse_config(text, env={}).server.port == 8081
+    assert parse_config(text, env={"PORT": "9000"}).server.port == 9000
+
+
+def test_environment_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FULFILLER_TEST_SECRET", "whsec_from_env")
+    config = parse_config(MINIMAL.replace('"whsec_x"', '"${FULFILLER_TEST_SECRET}"'))
+    assert config.receiver.secrets == ["whsec_from_env"]
+
+
+def test_missing_env_var_names_each_key_path() -> None:
+    text = MINIMAL.replace('"whsec_x"', '"${CUR}", "${PREV}"') + "admin:\n  token: ${TOKEN}\n"
+    errors = errors_of(text)
+    assert errors == {
+        "receiver.secrets.0": "environment variable CUR is not set",
+        "receiver.secrets.1": "environment variable PREV is not set",
+        "admin.token": "environment variable TOKEN is not set",
+    }
+
+
+def test_a_set_but_empty_secret_is_refused() -> None:
+    errors = errors_of(MINIMAL.replace('"whsec_x"', '"${CUR}"'), env={"CUR": ""})
+    assert "receiver.secrets" in errors
+    assert "empty" in errors["receiver.secrets"]
+
+
+# --- unknown keys and bad values ---------------------------------------------------------------
+
+
+def test_unknown_keys_are_errors_naming_the_dotted_path() -> None:
+    text = textwrap.dedent("""
+        serverz: {}
+        receiver:
+          secrets: ["whsec_x"]
+          secretz: ["oops"]
+        worker:
+          concurency: 8
+        catalogs:
+          masters-s3: {type: s3, bucket: b, bucketz: c}
+          masters-drive: {type: drive, root_folder_id: a, credentials: x}
+        routes:
+          - catalog: masters-s3
+            code: ["*"]
+        """)
+    errors = errors_of(text)
+    assert errors == {
+        "serverz": "unknown key",
+        "receiver.secretz": "unknown key",
+        "worker.concurency": "unknown key",
+        "catalogs.masters-s3.bucketz": "unknown key",
+        "catalogs.masters-drive.credentials": "unknown key",
+        "routes.0.code": "unknown key",
+    }
+
+
+def test_route_naming_a_missing_catalog() -> None:
+    text = MINIMAL.replace("  - catalog: local\n", "  - catalog: local\n  - codes: ['X-*']\n    catalog: masters\n")
+    errors = errors_of(text)
+    assert list(errors) == ["routes.1.catalog"]
+    assert "masters" in errors["routes.1.catalog"] and "local" in errors["routes.1.catalog"]
+    errors = errors_of(MINIMAL.replace("  - catalog: local\n", "  - catalog: nope\n"))
+    assert list(errors) == ["routes.0.catalog"]
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("{code}/{codez}/{aspect}", "codez"),
+    ("{code}/v{variation}/{size}", "size"),
+    ("{code}/v{variation}/{locale}/", "last segment"),
+    ("{code", "expected '}'"),
+])
+def test_bad_layout(layout: str, message: str) -> None:
+    errors = errors_of(MINIMAL.replace("local: {type: local}", f'local: {{type: local, layout: "{layout}"}}'))
+    assert list(errors) == ["catalogs.local.layout"]
+    assert message in errors["catalogs.local.layout"]
+
+
+def test_every_layout_placeholder_spec_lists_is_allowed() -> None:
+    layout = "{project}/{project_id}/{code}/v{variation}/{locale}/{kind}/{aspect}"
+    config = parse_config(MINIMAL.replace("local: {type: local}", f'local: {{type: local, layout: "{layout}"}}'),
+                          env={})
+    assert config.catalogs["local"].layout == layout
+
+
+@pytest.mark.parametrize("text, path", [
+    (MINIMAL.replace("receiver:\n  secrets: [\"whsec_x\"]\n", ""), "receiver"),
+    (MINIMAL.replace('["whsec_x"]', "[]"), "receiver.secrets"),
+    (MINIMAL.replace("local: {type: local}", "local: {type: ftp}"), "catalogs.local"),
+    (MINIMAL.replace("local: {type: local}", "s3: {type: s3}").replace("catalog: local", "catalog: s3"),
+     "catalogs.s3.bucket"),
+    (MINIMAL + "state: mysql://db/x\n", "state"),
+    (MINIMAL + "server: {port: 70000}\n", "server.port"),
+    (MINIMAL.replace("receiver:\n", "receiver:\n  mode: hmac\n"), "receiver.mode"),
+    (MINIMAL.replace("receiver:\n", "receiver:\n  path: webhooks\n"), "receiver.path"),
+    (MINIMAL + "worker: {concurrency: 0}\n", "worker.concurrency"),
+])
+def test_bad_values_name_their_key(text: str, path: str) -> None:
+    assert path in errors_of(text)
+
+
+def test_empty_catalogs_and_routes_are_refused() -> None:
+    errors = errors_of("receiver: {secrets: [s]}\ncatalogs: {}\nroutes: []\n")
+    assert set(errors) == {"catalogs", "routes"}
+
+
+@pytest.mark.parametrize("text", ["", "- a list\n", "receiver: [unclosed\n"])
+def test_not_a_mapping_or_not_yaml(text: str) -> None:
+    assert list(errors_of(text)) == ["(file)"]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert info.value.errors[0][0] == "(file)"
+
+
+# --- fulfiller check-config ----------------------------------------------------------------------
+
+
+def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FULFILLER_CONFIG", "OUTPOST_SIGNING_SECRET")}
+    full_env.update(env or {})
+    return subprocess.run([*fulfiller_command(), "check-config", *args], capture_output=True, text=True,
+                          env=full_env, timeout=60)
+
+
+def test_check_config_ok_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(SPEC_EXAMPLE)
+    done = check_config("--config", str(path), env={"OUTPOST_SIGNING_SECRET": "whsec_cli"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok: 3 catalog(s), 2 route(s)")
+    assert "whsec_cli" not in done.stdout + done.stderr
+
+
+def test_check_config_takes_fulfiller_config_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(MINIMAL)
+    done = check_config(env={"FULFILLER_CONFIG": str(path)})
+    assert done.returncode == 0, done.stderr
+    assert check_config().returncode == 2  # neither --config nor FULFILLER_CONFIG
+
+
+def test_check_config_lists_each_bad_key_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent("""
+        receiver:
+          secrets: ["whsec_x"]
+          secretz: ["typo"]
+        catalogs:
+          masters-s3: {type: s3, bucket: creative-masters, bucketz: oops}
+          local: {type: local, layout: "{code}/{colour}"}
+        routes:
+          - catalog: masters-s3
+        """))
+    done = check_config("--config", str(path))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = [line.strip() for line in done.stderr.splitlines()]
+    assert lines[0] == "config error:"
+    assert "receiver.secretz: unknown key" in lines
+    assert "catalogs.masters-s3.bucketz: unknown key" in lines
+    assert any(line.startswith("catalogs.local.layout: unknown placeholder(s) ['colour']") for line in lines)
+    assert len(lines) == 4
+
+
+def test_check_config_missing_env_var_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "env.yaml"
+    path.write_text(SPEC_EXAMPLE)
+    done = check_config("--config", str(path))
+    assert done.returncode == 2
+    assert "receiver.secrets.0: environment variable OUTPOST_SIGNING_SECRET is not set" in done.stderr
+    done = check_config("--config", str(tmp_path / "absent.yaml"))
+    assert done.returncode == 2
+    assert "(file): cannot read" in done.stderr

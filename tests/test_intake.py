@@ -1,0 +1,154 @@
+"""plan(): what one verified delivery asks of the store (pure: no web, no database)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from fulfiller import events, jobs
+from fulfiller.intake import new_job, plan
+from fulfiller.testevent import sample_event
+
+NOW = 1_777_000_000.0
+UPLOAD = "https://acct.r2.cloudflarestorage.com/bucket/key?X-Amz-Signature=abc"
+CALLBACK = "https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_abc/complete"
+
+
+def oss() -> dict[str, Any]:
+    event = sample_event(UPLOAD, CALLBACK)
+    event["fulfillment"]["expiresAt"] = "2026-04-24T01:00:00Z"
+    return event
+
+
+def afs() -> dict[str, Any]:
+    event = oss()
+    del event["creative"]["aspectRatio"]
+    event["creative"].update(placementFamily="feed", acceptedAspects=["1x1", "3x4", "4x5"])
+    event["fulfillment"]["storageKey"] = "fb-external/019d928c/HRT-1212/v2/en/feed.video"
+    return event
+
+
+def test_a_request_plans_a_queued_job_with_its_coordinates() -> None:
+    data = oss()
+    body = json.dumps(data)
+    incoming = plan("evt_1", events.SOURCE_REQUESTED, body, data, NOW)
+    assert (incoming.event_id, incoming.topic, incoming.body) == ("evt_1", events.SOURCE_REQUESTED, body)
+    assert incoming.received_at == NOW
+    assert incoming.lifecycle is None and incoming.note is None
+    job = incoming.job
+    assert job is not None
+    assert job.id.startswith("job_")
+    assert job.event_id == "evt_1"
+    assert job.status == jobs.QUEUED
+    assert job.request_kind == "oss"
+    assert job.payload == data
+    assert job.storage_key == data["fulfillment"]["storageKey"]
+    assert (job.project_id, job.code, job.variation, job.locale) == (data["projectId"], "HRT-1212", 2, "en")
+    assert job.chosen_aspect == "9x16"  # OSS: the platform already chose
+    assert job.expires_at == datetime(2026, 4, 24, 1, 0, tzinfo=UTC).timestamp()
+    assert job.created_at == job.updated_at == NOW
+    assert job.error is None
+    assert job.attempts == []
+
+
+def test_an_afs_request_leaves_the_aspect_to_the_worker() -> None:
+    job = plan("evt_afs", events.SOURCE_REQUESTED, "{}", afs(), NOW).job
+    assert job is not None
+    assert job.status == jobs.QUEUED
+    assert job.request_kind == "afs"
+    assert job.chosen_aspect is None
+
+
+def test_each_planned_job_gets_its_own_id() -> None:
+    planned = [plan(f"evt_{i}", events.SOURCE_REQUESTED, "{}", oss(), NOW).job for i in range(50)]
+    assert len({job.id for job in planned if job is not None}) == 50
+
+
+def test_the_job_keeps_a_copy_of_the_payload() -> None:
+    data = oss()
+    job = new_job("evt", data, NOW)
+    data["creative"]["code"] = "CHANGED"
+    data["extra"] = 1
+    assert "extra" not in job.payload
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda e: e["creative"].update(kind="hologram"), "creative.kind"),
+    (lambda e: e["fulfillment"].update(uploadUrl="not a url"), "fulfillment.uploadUrl"),
+    (lambda e: e["creative"].update(placementFamily="feed"), "placementFamily"),
+    (lambda e: e["fulfillment"].pop("completeCallbackUrl"), "fulfillment.completeCallbackUrl"),
+])
+def test_an_invalid_request_plans_an_invalid_job_with_the_reason_and_readable_coordinates(
+    mutate: Any, reason: str
+) -> None:
+    data = oss()
+    mutate(data)
+    job = plan("evt_bad", events.SOURCE_REQUESTED, "{}", data, NOW).job
+    assert job is not None
+    assert job.status == jobs.INVALID
+    assert job.error is not None and job.error.startswith("invalid payload: ") and reason in job.error
+    assert job.request_kind is None
+    assert job.payload == data
+    # What can be read is kept, so operators can still find the job.
+    assert (job.project_id, job.code, job.variation, job.locale) == (data["projectId"], "HRT-1212", 2, "en")
+    assert job.storage_key == data["fulfillment"]["storageKey"]
+    assert job.expires_at == datetime(2026, 4, 24, 1, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("variation", [True, "2", 2.5, -1, 2**63, None])
+def test_an_invalid_job_drops_unusable_coordinates(variation: Any) -> None:
+    data = oss()
+    data["creative"]["variation"] = variation
+    data["creative"]["code"] = 12
+    data["fulfillment"]["expiresAt"] = "soon"
+    data["projectId"] = ["p"]
+    job = new_job("evt", data, NOW)
+    assert job.status == jobs.INVALID
+    assert "creative.code" in job.error or "projectId" in job.error  # the first broken field
+    assert job.variation is None
+    assert job.code is None
+    assert job.project_id is None
+    assert job.expires_at is None
+    assert job.locale == "en"
+
+
+def test_an_empty_request_is_invalid_not_an_error() -> None:
+    job = new_job("evt_empty", {}, NOW)
+    assert job.status == jobs.INVALID
+    assert "creative" in job.error
+    assert (job.storage_key, job.project_id, job.code, job.variation, job.locale) == (None,) * 5
+
+
+@pytest.mark.parametrize("topic", ["video.source_deleted", "", "VIDEO.SOURCE_REQUESTED", "video.source_requested "])
+def test_an_unknown_topic_is_only_recorded(topic: str) -> None:
+    incoming = plan("evt_x", topic, '{"a": 1}', {"a": 1}, NOW)
+    assert incoming.job is None and incoming.lifecycle is None
+    assert incoming.note == "unknown topic: stored, nothing to do"
+    assert incoming.body == '{"a": 1}'
+
+
+@pytest.mark.parametrize("topic, status", [
+    (events.SOURCE_FULFILLED, jobs.FULFILLED), (events.SOURCE_REJECTED, jobs.REJECTED),
+    (events.SOURCE_TIMEOUT, jobs.TIMED_OUT),
+])
+def test_a_lifecycle_event_plans_a_status_for_its_job(topic: str, status: str) -> None:
+    data = {"fulfillment": {"storageKey": "fb-external/k"}, "reason": "corrupt file"}
+    incoming = plan("evt_lc", topic, "{}", data, NOW)
+    assert incoming.job is None and incoming.note is None
+    assert incoming.lifecycle is not None
+    assert incoming.lifecycle.status == status
+    assert incoming.lifecycle.storage_key == "fb-external/k"
+    assert incoming.lifecycle.reason == "corrupt file"
+
+
+def test_lifecycle_statuses_are_job_statuses() -> None:
+    assert set(events.LIFECYCLE_STATUS.values()) <= set(jobs.FINAL)
+
+
+def test_a_lifecycle_event_that_names_no_job_is_recorded_with_a_note() -> None:
+    incoming = plan("evt_lc", events.SOURCE_TIMEOUT, "{}", {"projectId": "p"}, NOW)
+    assert incoming.job is None and incoming.lifecycle is None
+    assert incoming.note is not None and incoming.note.startswith("unmatched: ")
