@@ -244,8 +244,12 @@ class SqlStore(Store):
                     conn = None
                 failure = StoreUnavailable(f"store write failed: {type(exc).__name__}: {exc}")
                 results = [failure] * len(batch)
+            # One wake-up per event loop per batch, not one per write.
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
             for (_, fut, loop), result in zip(batch, results):
-                loop.call_soon_threadsafe(_settle, fut, result)
+                by_loop.setdefault(loop, []).append((fut, result))
+            for loop, settled in by_loop.items():
+                loop.call_soon_threadsafe(_settle, settled)
         if conn is not None:
             conn.close()
 
@@ -590,9 +594,10 @@ def _coords_tuple(lc: Lifecycle) -> tuple[str, str, int, str]:
     return (c.project_id, c.code, c.variation, c.locale)
 
 
-def _settle(fut: asyncio.Future[Any], result: Any) -> None:
-    if not fut.done():
-        fut.set_result(result)
+def _settle(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, result in settled:
+        if not fut.done():  # its caller may have been cancelled meanwhile
+            fut.set_result(result)
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
