@@ -37,23 +37,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fulfiller.sniff import HEAD_BYTES
 from support.drive_double import DriveDouble, Hit, run_drive_double
-from support.fulfiller_proc import FulfillerProcess, attempts
+from support.fulfiller_proc import FulfillerProcess, attempts, fast_worker
+from support.masters import media, sha256
 from support.netguard import block_network
-from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
+from support.platform import PlatformDouble, completion, new_token, run_platform, source_requested, storage_key
 from support.servers import fulfiller_command
 
-MEDIA = Path(__file__).parent / "media"
 JOB_TIMEOUT_S = 30
 CLI_TIMEOUT_S = 60
 SERVICE_ACCOUNT = "fulfiller-test@drive-double.iam.gserviceaccount.com"
-
-
-def media(name: str) -> bytes:
-    return (MEDIA / name).read_bytes()
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def sniff_range(size: int) -> str:
@@ -136,12 +128,8 @@ class Stack:
         assert stored.content_type == content_type
         [upload] = self.platform.uploads(key)
         assert (upload.content_length, upload.transfer_encoding) == (len(data), None)
-        body: dict[str, Any] = {"storageKey": key}
-        if aspect is not None:
-            body["aspectRatio"] = aspect
-        body.update(extension=extension, contentHash=sha256(data))
         [callback] = self.platform.callbacks(token)
-        assert callback.body == body
+        assert callback.body == completion(key, data, extension, aspect)
         assert (job["content_type"], job["extension"]) == (content_type, extension)
         assert (job["content_hash"], job["bytes"]) == (sha256(data), len(data))
         assert job["error"] is None and job["skip_reason"] is None
@@ -165,18 +153,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         catalog = {"type": "drive", "credentials_file": str(key_file), "api_endpoint": drive.api_endpoint}
         config = {
             "server": {"host": "127.0.0.1"},
-            "worker": {
-                "concurrency": 4,
-                "allow_insecure_http": True,
-                "allowed_upload_hosts": [f"127.0.0.1:{platform_port}"],
-                "allowed_callback_hosts": [f"127.0.0.1:{platform_port}"],
-                "lease_s": 10,
-                "poll_interval_s": 0.2,
-                "retry_base_s": 0.02,
-                "retry_max_s": 0.2,
-                "http_timeout_s": 10,
-                "shutdown_grace_s": 2,
-            },
+            "worker": fast_worker([f"127.0.0.1:{platform_port}"], [f"127.0.0.1:{platform_port}"]),
             "aspects": {"feed": ["4x5", "1x1", "3x4"], "story_reel": ["9x16"]},
             "catalogs": {
                 "drive-my": {**catalog, "root_folder_id": my_root},

@@ -15,7 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
-from support.fulfiller_proc import FulfillerProcess, attempts
+from support.fulfiller_proc import FulfillerProcess, attempts, fast_worker
 from support.platform import new_token, run_platform, source_requested, storage_key
 
 MEDIA = Path(__file__).parent / "media"
@@ -50,18 +50,7 @@ def test_sigkill_mid_upload_then_restart_completes_once(tmp_path: Path) -> None:
     with run_platform(tmp_path / "platform") as platform:
         host = platform.base_url.removeprefix("http://")
         config = {
-            "worker": {
-                "concurrency": 2,
-                "allow_insecure_http": True,
-                "allowed_upload_hosts": [host],
-                "allowed_callback_hosts": [host],
-                "lease_s": LEASE_S,
-                "poll_interval_s": 0.2,
-                "retry_base_s": 0.02,
-                "retry_max_s": 0.2,
-                "http_timeout_s": 30,
-                "shutdown_grace_s": 2,
-            },
+            "worker": fast_worker([host], [host], concurrency=2, lease_s=LEASE_S, http_timeout_s=30),
             "catalogs": {"local": {"type": "local", "root": str(masters)}},
             "routes": [{"codes": ["*"], "catalog": "local"}],
         }

@@ -14,7 +14,6 @@ code, storage key and waitpoint token, so tests never see each other's work.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,11 +29,11 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from support.fulfiller_proc import FulfillerProcess, attempts
+from support.fulfiller_proc import FulfillerProcess, attempts, fast_worker
+from support.masters import MEDIA, media, sha256
 from support.moto_server import DUMMY_AWS_ENV, aws_test_env, moto_endpoint  # noqa: F401  (fixtures)
-from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
+from support.platform import PlatformDouble, completion, new_token, run_platform, source_requested, storage_key
 
-MEDIA = Path(__file__).parent / "media"
 VIDEO_EXTS = ("mp4", "mov", "webm", "mkv")
 IMAGE_EXTS = ("jpg", "png", "webp", "avif")
 # The extension the platform must be told for each real type (its documented list).
@@ -52,14 +51,6 @@ def documented_mimes() -> dict[str, str]:
 
 
 MIME_OF = documented_mimes()
-
-
-def media(name: str) -> bytes:
-    return (MEDIA / name).read_bytes()
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def new_code(prefix: str) -> str:
@@ -105,21 +96,36 @@ class Stack:
 
     def oss(self, code: str, aspect: str = "9x16", kind: str = "video", *, to: str = "r2") -> tuple[dict, str, str]:
         """An OSS event for ``code`` uploading to moto ("r2") or the platform double ("double")."""
-        key = storage_key(code, aspect, kind)
-        token = new_token()
-        url = self.r2_url(key) if to == "r2" else self.platform.presign(key)
-        event = source_requested(code, aspect=aspect, kind=kind, key=key, upload_url=url,
-                                 callback_url=self.platform.callback_url(token))
-        return event, key, token
+        return self._event(code, kind, to, aspect=aspect)
 
     def afs(self, code: str, family: str, kind: str = "video", *, accepted: list[str] | None = None,
             to: str = "r2") -> tuple[dict, str, str]:
-        key = storage_key(code, family, kind)
+        return self._event(code, kind, to, family=family, accepted=accepted)
+
+    def _event(self, code: str, kind: str, to: str, **shape: Any) -> tuple[dict, str, str]:
+        """The event, its storage key and its waitpoint token."""
+        key = storage_key(code, shape.get("aspect") or shape["family"], kind)
         token = new_token()
         url = self.r2_url(key) if to == "r2" else self.platform.presign(key)
-        event = source_requested(code, family=family, accepted=accepted, kind=kind, key=key, upload_url=url,
-                                 callback_url=self.platform.callback_url(token))
+        event = source_requested(code, kind=kind, key=key, upload_url=url,
+                                 callback_url=self.platform.callback_url(token), **shape)
         return event, key, token
+
+    def assert_delivered(self, job: dict[str, Any], key: str, token: str, data: bytes, content_type: str,
+                         extension: str, aspect: str | None = None) -> None:
+        """Completed; the "R2" object holds exactly ``data`` as ``content_type``; one callback with the right body."""
+        assert job["status"] == "completed", job
+        assert self.r2_object(key) == (data, content_type)
+        [callback] = self.platform.callbacks(token)
+        assert callback.body == completion(key, data, extension, aspect)
+
+    def assert_skipped(self, job: dict[str, Any], key: str, token: str, reason: str) -> None:
+        """Skipped for ``reason``: a skip callback saying so, and nothing uploaded."""
+        assert job["status"] == "skipped", job
+        assert job["skip_reason"] == reason
+        [callback] = self.platform.callbacks(token)
+        assert callback.body == {"skip": True, "reason": reason}
+        assert self.r2_object(key) is None
 
 
 @pytest.fixture(scope="module")
@@ -140,19 +146,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Itera
         platform_port = urlsplit(platform.base_url).port
         config = {
             "server": {"host": "127.0.0.1"},
-            "worker": {
-                "concurrency": 4,
-                "allow_insecure_http": True,
-                # Ports pinned: only moto (the "R2") and the platform double may receive anything.
-                "allowed_upload_hosts": [f"127.0.0.1:{moto_port}", f"127.0.0.1:{platform_port}"],
-                "allowed_callback_hosts": [f"127.0.0.1:{platform_port}"],
-                "lease_s": 10,
-                "poll_interval_s": 0.2,
-                "retry_base_s": 0.02,
-                "retry_max_s": 0.2,
-                "http_timeout_s": 10,
-                "shutdown_grace_s": 2,
-            },
+            # Ports pinned: only moto (the "R2") and the platform double may receive anything.
+            "worker": fast_worker([f"127.0.0.1:{moto_port}", f"127.0.0.1:{platform_port}"],
+                                  [f"127.0.0.1:{platform_port}"]),
             "aspects": {"feed": ["4x5", "1x1", "3x4"], "story_reel": ["9x16"]},
             "catalogs": {
                 "masters-s3": {"type": "s3", "bucket": masters_bucket, "region": "us-east-1",
@@ -186,10 +182,8 @@ def test_oss_from_s3_uploads_the_master_and_completes_the_wait_token(stack: Stac
 
     job = stack.proc.wait_for_job(stack.proc.deliver(event, event_id=event_id), timeout=JOB_TIMEOUT_S)
 
-    assert job["status"] == "completed", job
-    assert stack.r2_object(key) == (data, "video/mp4")
+    stack.assert_delivered(job, key, token, data, "video/mp4", "mp4")
     [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"storageKey": key, "extension": "mp4", "contentHash": sha256(data)}
     assert callback.content_type == "application/json"
     assert callback.status == 202
     assert job["request_kind"] == "oss"
@@ -221,11 +215,7 @@ def test_afs_delivers_the_most_preferred_aspect_the_catalog_has(stack: Stack) ->
 
     job = stack.run(event)
 
-    assert job["status"] == "completed", job
-    data = media("4x5.mp4")
-    assert stack.r2_object(key) == (data, "video/mp4")
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"storageKey": key, "aspectRatio": "4x5", "extension": "mp4", "contentHash": sha256(data)}
+    stack.assert_delivered(job, key, token, media("4x5.mp4"), "video/mp4", "mp4", aspect="4x5")
     assert job["request_kind"] == "afs"
     assert job["chosen_aspect"] == "4x5"
     assert key.endswith("/feed.video")
@@ -239,10 +229,7 @@ def test_afs_falls_back_to_a_less_preferred_aspect(stack: Stack) -> None:
 
     job = stack.run(event)
 
-    assert job["status"] == "completed", job
-    assert stack.r2_object(key) == (data, "video/mp4")
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"storageKey": key, "aspectRatio": "3x4", "extension": "mp4", "contentHash": sha256(data)}
+    stack.assert_delivered(job, key, token, data, "video/mp4", "mp4", aspect="3x4")
     # 4x5 and 1x1 were looked for first, in the configured order.
     assert "4x5: nothing" in attempts(job, "resolve")[0]["detail"]
     assert "1x1: nothing" in attempts(job, "resolve")[0]["detail"]
@@ -260,18 +247,9 @@ def test_hybrid_creative_feed_is_delivered_and_story_reel_skipped(stack: Stack) 
     feed = stack.proc.wait_for_job(feed_id, timeout=JOB_TIMEOUT_S)
     story = stack.proc.wait_for_job(story_id, timeout=JOB_TIMEOUT_S)
 
-    assert feed["status"] == "completed", feed
-    assert stack.r2_object(feed_key) == (data, "video/quicktime")
-    [feed_callback] = stack.platform.callbacks(feed_token)
-    assert feed_callback.body == {
-        "storageKey": feed_key, "aspectRatio": "4x5", "extension": "mov", "contentHash": sha256(data),
-    }
-    assert story["status"] == "skipped", story
-    assert story["skip_reason"] == "no_match:acceptedAspects=[9x16]"
-    [story_callback] = stack.platform.callbacks(story_token)
-    assert story_callback.body == {"skip": True, "reason": "no_match:acceptedAspects=[9x16]"}
+    stack.assert_delivered(feed, feed_key, feed_token, data, "video/quicktime", "mov", aspect="4x5")
+    stack.assert_skipped(story, story_key, story_token, "no_match:acceptedAspects=[9x16]")
     assert steps(story) == ["resolve", "callback"]
-    assert stack.r2_object(story_key) is None
 
 
 # -- skips ----------------------------------------------------------------------------------
@@ -283,12 +261,8 @@ def test_no_route_is_a_skip(stack: Stack) -> None:
 
     job = stack.run(event)
 
-    assert job["status"] == "skipped", job
-    assert job["skip_reason"] == "no_route"
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"skip": True, "reason": "no_route"}
+    stack.assert_skipped(job, key, token, "no_route")
     assert steps(job) == ["resolve", "callback"]
-    assert stack.r2_object(key) is None
 
 
 def test_no_match_is_a_skip_naming_the_aspect(stack: Stack) -> None:
@@ -298,11 +272,7 @@ def test_no_match_is_a_skip_naming_the_aspect(stack: Stack) -> None:
 
     job = stack.run(event)
 
-    assert job["status"] == "skipped", job
-    assert job["skip_reason"] == "no_match:aspect=9x16"
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"skip": True, "reason": "no_match:aspect=9x16"}
-    assert stack.r2_object(key) is None
+    stack.assert_skipped(job, key, token, "no_match:aspect=9x16")
 
 
 @pytest.mark.parametrize(
@@ -317,12 +287,8 @@ def test_a_master_of_the_wrong_kind_is_passed_over(stack: Stack, kind: str, save
 
     job = stack.run(event)
 
-    assert job["status"] == "skipped", job
-    assert job["skip_reason"] == "no_match:aspect=9x16"
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"skip": True, "reason": "no_match:aspect=9x16"}
+    stack.assert_skipped(job, key, token, "no_match:aspect=9x16")
     assert f"{saved_as} is {MIME_OF[real]}, not a {kind}: passed over" in attempts(job, "resolve")[0]["detail"]
-    assert stack.r2_object(key) is None
 
 
 def test_a_master_of_the_wrong_kind_gives_way_to_the_next_candidate(stack: Stack) -> None:
@@ -334,10 +300,7 @@ def test_a_master_of_the_wrong_kind_gives_way_to_the_next_candidate(stack: Stack
 
     job = stack.run(event)
 
-    assert job["status"] == "completed", job
-    assert stack.r2_object(key) == (data, "video/quicktime")
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"storageKey": key, "extension": "mov", "contentHash": sha256(data)}
+    stack.assert_delivered(job, key, token, data, "video/quicktime", "mov")
 
 
 # -- every format -----------------------------------------------------------------------------
@@ -355,10 +318,7 @@ def test_every_format_is_delivered_with_its_real_type(stack: Stack, ext: str) ->
 
     job = stack.run(event)
 
-    assert job["status"] == "completed", job
-    assert stack.r2_object(key) == (data, mime)
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"storageKey": key, "extension": EXTENSION_OF[mime], "contentHash": sha256(data)}
+    stack.assert_delivered(job, key, token, data, mime, EXTENSION_OF[mime])
     assert (job["content_type"], job["extension"]) == (mime, EXTENSION_OF[mime])
 
 
@@ -370,10 +330,7 @@ def test_a_misnamed_master_is_sent_as_what_it_really_is(stack: Stack) -> None:
 
     job = stack.run(event)
 
-    assert job["status"] == "completed", job
-    assert stack.r2_object(key) == (data, "video/quicktime")
-    [callback] = stack.platform.callbacks(token)
-    assert callback.body == {"storageKey": key, "extension": "mov", "contentHash": sha256(data)}
+    stack.assert_delivered(job, key, token, data, "video/quicktime", "mov")
 
 
 # -- local catalog, through the platform's own (strict) R2 double ---------------------------------

@@ -26,7 +26,7 @@ import boto3
 import httpx
 import pytest
 
-from support.fulfiller_proc import FulfillerProcess, attempts, free_port
+from support.fulfiller_proc import FulfillerProcess, attempts, fast_worker, free_port
 from support.moto_server import DUMMY_AWS_ENV, aws_test_env, moto_endpoint  # noqa: F401  (fixtures)
 from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
 
@@ -127,18 +127,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Itera
     flaky_port = free_port()  # nothing listens here until a test opens its proxy
     with run_platform(root / "platform") as platform:
         config = {
-            "worker": {
-                "concurrency": 4,
-                "allow_insecure_http": True,
-                "allowed_upload_hosts": [urlsplit(platform.base_url).netloc],
-                "allowed_callback_hosts": [urlsplit(platform.base_url).netloc],
-                "lease_s": 10,
-                "poll_interval_s": 0.2,
-                "retry_base_s": 0.02,
-                "retry_max_s": 0.2,
-                "http_timeout_s": 1.5,
-                "shutdown_grace_s": 2,
-            },
+            "worker": fast_worker([urlsplit(platform.base_url).netloc], [urlsplit(platform.base_url).netloc],
+                                  http_timeout_s=1.5),
             "catalogs": {
                 "local": {"type": "local", "root": str(local_root)},
                 "flaky-s3": {"type": "s3", "bucket": flaky_bucket, "region": "us-east-1",

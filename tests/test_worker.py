@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from support.fulfiller_proc import FulfillerProcess
+from support.fulfiller_proc import FulfillerProcess, fast_worker
 from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
 
 MEDIA = Path(__file__).parent / "media"
@@ -29,15 +29,10 @@ def write_master(path: Path) -> None:
     path.write_bytes(head + os.urandom(MASTER_BYTES - len(head)))
 
 
-def config(masters: Path, platform: PlatformDouble, lease_s: float = 30) -> dict[str, Any]:
+def config(masters: Path, platform: PlatformDouble) -> dict[str, Any]:
     host = platform.base_url.removeprefix("http://")
     return {
-        "worker": {
-            "concurrency": 2, "allow_insecure_http": True,
-            "allowed_upload_hosts": [host], "allowed_callback_hosts": [host],
-            "lease_s": lease_s, "poll_interval_s": 0.2, "retry_base_s": 0.02, "retry_max_s": 0.2,
-            "http_timeout_s": 30, "shutdown_grace_s": GRACE_S,
-        },
+        "worker": fast_worker([host], [host], concurrency=2, lease_s=30, http_timeout_s=30, shutdown_grace_s=GRACE_S),
         "catalogs": {"local": {"type": "local", "root": str(masters)}},
         "routes": [{"codes": ["*"], "catalog": "local"}],
     }

@@ -22,22 +22,12 @@ import pytest
 from fulfiller.catalogs.base import CatalogError, CatalogUnavailable, Master
 from fulfiller.catalogs.drive import DriveCatalog, _retry_after, load_credentials
 from fulfiller.config import DEFAULT_LAYOUT, DriveCatalogConfig
+from support.masters import FIELDS, MEDIA, MP4
 from support.drive_double import DriveDouble, run_drive_double
 from support.netguard import NetworkBlocked, block_network
 
-MEDIA = Path(__file__).parent.parent / "media"
-MP4 = (MEDIA / "9x16.mp4").read_bytes()
 MOV = (MEDIA / "9x16.mov").read_bytes()
 WEBM = (MEDIA / "9x16.webm").read_bytes()
-FIELDS = {
-    "project": "hearty",
-    "project_id": "p_42",
-    "code": "HRT-001",
-    "variation": 2,
-    "locale": "en_US",
-    "aspect": "9x16",
-    "kind": "video",
-}
 LEAF = "HRT-001/v2/en_US"
 BLOB = random.Random(7).randbytes(5 * 1024 * 1024 + 123)
 
@@ -110,6 +100,18 @@ def folder_lookups(drive: DriveDouble) -> int:
 def my_drive_leaf(drive: DriveDouble) -> tuple[str, str]:
     root = drive.add_folder("Masters")
     return root, drive.add_folders(LEAF, root)
+
+
+async def one_master(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], name: str = "9x16.mp4", data: bytes = MP4, *,
+    fields: dict[str, Any] = FIELDS, kind: str = "video", **options: Any
+) -> tuple[DriveCatalog, Master]:
+    """One file in a My Drive leaf, a catalog on its root (``options`` for it), and the master that catalog finds."""
+    root, leaf = my_drive_leaf(drive)
+    drive.add_file(name, leaf, data)
+    catalog = catalog_for(root, **options)
+    [master] = await catalog.find(fields, kind)
+    return catalog, master
 
 
 # -- finding ----------------------------------------------------------------------------
@@ -288,11 +290,8 @@ async def test_a_missing_root_is_an_operator_error(
 async def test_the_second_find_makes_no_folder_lookups(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mp4", leaf, MP4)
-    catalog = catalog_for(root)
+    catalog, _ = await one_master(drive, catalog_for)
 
-    await catalog.find(FIELDS, "video")
     walked, listed = folder_lookups(drive), drive.counts["list"]
     assert walked == 4  # the root, then HRT-001, v2, en_US
     [master] = await catalog.find(FIELDS, "video")
@@ -314,11 +313,7 @@ async def test_a_burst_walks_the_tree_once(drive: DriveDouble, catalog_for: Call
 
 
 async def test_the_cache_expires(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mp4", leaf, MP4)
-    catalog = catalog_for(root, folder_cache_s=0)
-
-    await catalog.find(FIELDS, "video")
+    catalog, _ = await one_master(drive, catalog_for, folder_cache_s=0)
     await catalog.find(FIELDS, "video")
 
     assert folder_lookups(drive) == 4 + 3  # the root stays known; the folders are walked again
@@ -360,22 +355,17 @@ async def test_streams_the_exact_bytes(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], filename: str, kind: str
 ) -> None:
     data = (MEDIA / filename).read_bytes()
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file(filename.replace("_faststart", ""), leaf, data)
-    catalog = catalog_for(root)
     aspect = filename.split(".")[0].split("_")[0]
 
-    [master] = await catalog.find({**FIELDS, "aspect": aspect}, kind)
+    catalog, master = await one_master(drive, catalog_for, filename.replace("_faststart", ""), data,
+                                       fields={**FIELDS, "aspect": aspect}, kind=kind)
 
     assert await read_all(catalog, master, chunk_size=1024) == data
     assert drive.hits_of("media")[0].range is None
 
 
 async def test_streams_a_large_blob_in_chunks(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mkv", leaf, BLOB)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for, "9x16.mkv", BLOB)
 
     chunks = [chunk async for chunk in catalog.stream(master, chunk_size=256 * 1024)]
 
@@ -387,10 +377,7 @@ async def test_streams_a_large_blob_in_chunks(drive: DriveDouble, catalog_for: C
 async def test_stream_from_an_offset_and_read_range(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mkv", leaf, BLOB)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for, "9x16.mkv", BLOB)
 
     assert await read_all(catalog, master, start=4_000_000) == BLOB[4_000_000:]
     assert drive.hits_of("media")[-1].range == "bytes=4000000-"
@@ -403,11 +390,8 @@ async def test_stream_from_an_offset_and_read_range(
 async def test_a_cut_connection_resumes_with_range(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    file_id = drive.add_file("9x16.mkv", leaf, BLOB)
-    drive.cut_download(file_id, after_bytes=1_000_000, times=2)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for, "9x16.mkv", BLOB)
+    drive.cut_download(master.ref, after_bytes=1_000_000, times=2)
 
     data = await read_all(catalog, master, chunk_size=64 * 1024)
 
@@ -419,11 +403,8 @@ async def test_a_cut_connection_resumes_with_range(
 
 
 async def test_a_cut_read_range_is_retried(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
-    root, leaf = my_drive_leaf(drive)
-    file_id = drive.add_file("9x16.mkv", leaf, BLOB)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
-    drive.cut_download(file_id, after_bytes=100)
+    catalog, master = await one_master(drive, catalog_for, "9x16.mkv", BLOB)
+    drive.cut_download(master.ref, after_bytes=100)
 
     assert await catalog.read_range(master, 5000, 4096) == BLOB[5000:9096]
     assert [h.range for h in drive.hits_of("media")] == ["bytes=5000-9095"] * 2
@@ -432,10 +413,7 @@ async def test_a_cut_read_range_is_retried(drive: DriveDouble, catalog_for: Call
 async def test_a_proxy_that_ignores_range_is_refused(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mkv", leaf, BLOB)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for, "9x16.mkv", BLOB)
     drive.ignore_ranges()
 
     with pytest.raises(CatalogError, match="ignored a Range request"):
@@ -444,11 +422,8 @@ async def test_a_proxy_that_ignores_range_is_refused(
 
 
 async def test_too_many_cuts_give_up(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
-    root, leaf = my_drive_leaf(drive)
-    file_id = drive.add_file("9x16.mkv", leaf, BLOB)
-    drive.cut_download(file_id, after_bytes=10_000, times=100)
-    catalog = catalog_for(root, max_resumes=2)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for, "9x16.mkv", BLOB, max_resumes=2)
+    drive.cut_download(master.ref, after_bytes=10_000, times=100)
 
     with pytest.raises(CatalogUnavailable, match="cut 3 times"):
         await read_all(catalog, master, chunk_size=4096)
@@ -471,11 +446,8 @@ async def test_md5_mismatch_is_caught_at_the_end(drive: DriveDouble, catalog_for
 async def test_a_file_deleted_after_find_is_unavailable(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    file_id = drive.add_file("9x16.mp4", leaf, MP4)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
-    drive.delete(file_id)
+    catalog, master = await one_master(drive, catalog_for)
+    drive.delete(master.ref)
 
     with pytest.raises(CatalogUnavailable, match="vanished"):
         await read_all(catalog, master)
@@ -492,10 +464,8 @@ async def test_a_file_deleted_after_find_is_unavailable(
 async def test_download_refusals_are_permanent_and_explained(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], reason: str, explained: str
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.deny_download(drive.add_file("9x16.mp4", leaf, MP4), reason)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for)
+    drive.deny_download(master.ref, reason)
 
     with pytest.raises(CatalogError, match=f"^drive: {reason}: .*{explained}") as caught:
         await read_all(catalog, master)
@@ -526,10 +496,7 @@ async def test_429_then_success_honours_retry_after(
 async def test_403_rate_limits_on_download_are_retried(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], sleeps: Sleeps, reason: str
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mp4", leaf, MP4)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for)
     drive.fail_next(3, 403, reason, kind="media")
 
     assert await read_all(catalog, master) == MP4
@@ -583,10 +550,7 @@ async def test_a_retry_after_beyond_the_budget_gives_up_at_once(
 async def test_token_expiry_mid_run_refreshes_once(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mp4", leaf, MP4)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for)
     assert drive.counts["token"] == 1
 
     drive.expire_tokens()
@@ -601,10 +565,7 @@ async def test_token_expiry_mid_run_refreshes_once(
 async def test_credentials_refused_after_a_refresh_are_permanent(
     drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
 ) -> None:
-    root, leaf = my_drive_leaf(drive)
-    drive.add_file("9x16.mp4", leaf, MP4)
-    catalog = catalog_for(root)
-    [master] = await catalog.find(FIELDS, "video")
+    catalog, master = await one_master(drive, catalog_for)
     drive.refuse_all_tokens()
 
     with pytest.raises(CatalogError, match="credentials rejected even after a token refresh"):

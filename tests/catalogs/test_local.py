@@ -10,17 +10,8 @@ from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
 from fulfiller.catalogs.local import LocalCatalog
 from fulfiller.catalogs.registry import build_catalog
 from fulfiller.config import DEFAULT_LAYOUT, LocalCatalogConfig
+from support.masters import FIELDS, MEDIA
 
-MEDIA = Path(__file__).parent.parent / "media"
-FIELDS = {
-    "project": "hearty",
-    "project_id": "p_42",
-    "code": "HRT-001",
-    "variation": 2,
-    "locale": "en_US",
-    "aspect": "9x16",
-    "kind": "video",
-}
 
 
 def put(root: Path, rel: str, data: bytes | None = None) -> bytes:

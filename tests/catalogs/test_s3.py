@@ -6,7 +6,6 @@ import hashlib
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,18 +15,8 @@ from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
 from fulfiller.catalogs.registry import build_catalog
 from fulfiller.catalogs.s3 import S3Catalog
 from fulfiller.config import DEFAULT_LAYOUT, S3CatalogConfig
+from support.masters import FIELDS, MP4
 
-MEDIA = Path(__file__).parent.parent / "media"
-MP4 = (MEDIA / "9x16.mp4").read_bytes()
-FIELDS = {
-    "project": "hearty",
-    "project_id": "p_42",
-    "code": "HRT-001",
-    "variation": 2,
-    "locale": "en_US",
-    "aspect": "9x16",
-    "kind": "video",
-}
 FOLDER = "HRT-001/v2/en_US/"
 
 

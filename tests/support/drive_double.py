@@ -21,10 +21,8 @@ import base64
 import hashlib
 import itertools
 import json
-import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -37,7 +35,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -46,6 +43,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from support.servers import serve_in_thread
 
 FOLDER = "application/vnd.google-apps.folder"
 SHORTCUT = "application/vnd.google-apps.shortcut"
@@ -717,38 +716,12 @@ class DriveDouble:
         return Response(data, status_code=status, headers=headers)
 
 
-class _QuietCuts(logging.Filter):
-    """Drops uvicorn's complaint about the connections the double cuts on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "returned without completing response" not in record.getMessage()
-
-
 @contextmanager
 def run_drive_double(double: DriveDouble | None = None) -> Iterator[DriveDouble]:
     """Serve a DriveDouble on 127.0.0.1 (a free port) in a thread for the duration of the block."""
     double = double or DriveDouble()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    double.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(
-        double.app, http="h11", lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    quiet = _QuietCuts()
-    logging.getLogger("uvicorn.error").addFilter(quiet)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="drive-double")
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the Drive double did not start")
-            time.sleep(0.01)
+    # Uvicorn's complaint about the connections the double cuts on purpose is dropped.
+    with serve_in_thread(double.app, http="h11", lifespan="off", timeout_graceful_shutdown=1,
+                         quiet="returned without completing response", name="drive-double") as base_url:
+        double.base_url = base_url
         yield double
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        logging.getLogger("uvicorn.error").removeFilter(quiet)

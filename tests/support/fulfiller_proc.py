@@ -193,9 +193,26 @@ class FulfillerProcess:
             time.sleep(interval)
 
 
+def fast_worker(upload_hosts: Iterable[str], callback_hosts: Iterable[str], **overrides: Any) -> dict[str, Any]:
+    """A ``worker`` config section for tests: plain HTTP to the given hosts only; short leases, polls and backoff."""
+    return {
+        "concurrency": 4,
+        "allow_insecure_http": True,
+        "allowed_upload_hosts": list(upload_hosts),
+        "allowed_callback_hosts": list(callback_hosts),
+        "lease_s": 10,
+        "poll_interval_s": 0.2,
+        "retry_base_s": 0.02,
+        "retry_max_s": 0.2,
+        "http_timeout_s": 10,
+        "shutdown_grace_s": 2,
+        **overrides,
+    }
+
+
 def attempts(job: Mapping[str, Any], step: str) -> list[dict[str, Any]]:
     """The job's attempts at ``step`` (resolve, upload, callback), in order."""
     return [a for a in job.get("attempts", []) if a["step"] == step]
 
 
-__all__ = ["FulfillerProcess", "attempts", "free_port"]
+__all__ = ["FulfillerProcess", "attempts", "fast_worker", "free_port"]

@@ -31,10 +31,8 @@ import asyncio
 import hashlib
 import hmac
 import json
-import logging
 import os
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -47,12 +45,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from support.servers import serve_in_thread
 
 AMZ_DATE = "%Y%m%dT%H%M%SZ"
 # The longest a "hang" fault holds a request before giving up on its own.
@@ -508,50 +507,35 @@ def source_requested(code: str, *, upload_url: str, callback_url: str, kind: str
     }
 
 
+def completion(key: str, data: bytes, extension: str, aspect: str | None = None) -> dict[str, Any]:
+    """The completion callback's body for ``data`` stored under ``key``; ``aspect``: an AFS request's choice."""
+    body: dict[str, Any] = {"storageKey": key}
+    if aspect is not None:
+        body["aspectRatio"] = aspect
+    body.update(extension=extension, contentHash="sha256:" + hashlib.sha256(data).hexdigest())
+    return body
+
+
 def new_token() -> str:
     """A fresh waitpoint token, as the platform mints one per request."""
     return f"waitpoint_{secrets.token_hex(8)}"
-
-
-class _QuietCuts(logging.Filter):
-    """Drops uvicorn's complaint about the answers the double cuts on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "without completing response" not in record.getMessage()
 
 
 @contextmanager
 def run_platform(root: Path, **kwargs: Any) -> Iterator[PlatformDouble]:
     """Serve a PlatformDouble on 127.0.0.1 (a free port) in a thread for the duration of the block."""
     double = PlatformDouble(root, **kwargs)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    double.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(
-        double.app, http="h11", lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    quiet = _QuietCuts()
-    logging.getLogger("uvicorn.error").addFilter(quiet)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="platform-double")
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the platform double did not start")
-            time.sleep(0.01)
-        yield double
-    finally:
-        double._closing.set()
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        logging.getLogger("uvicorn.error").removeFilter(quiet)
+    # Uvicorn's complaint about the answers the double cuts on purpose is dropped.
+    with serve_in_thread(double.app, http="h11", lifespan="off", timeout_graceful_shutdown=1,
+                         quiet="without completing response", name="platform-double") as base_url:
+        double.base_url = base_url
+        try:
+            yield double
+        finally:
+            double._closing.set()  # held answers let go before the server stops
 
 
 __all__ = [
-    "Callback", "PlatformDouble", "StoredObject", "Upload", "new_token", "run_platform", "source_requested",
-    "storage_key",
+    "Callback", "PlatformDouble", "StoredObject", "Upload", "completion", "new_token", "run_platform",
+    "source_requested", "storage_key",
 ]

@@ -8,6 +8,7 @@ never a fixed sleep.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -37,21 +38,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _DropMessages(logging.Filter):
+    """Drops the log records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 @contextmanager
 def serve_in_thread(app: Any, *, lifespan: str = "on", http: str = "auto", name: str = "test-server",
+                    timeout_graceful_shutdown: float = 2, quiet: str | None = None,
                     **uvicorn_options: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL.
 
     The socket is bound before the thread starts, so the URL is right at once;
     the block is entered only after uvicorn says it started (lifespan included).
+    ``quiet``: uvicorn's error-log lines that contain it are dropped while serving
+    (a double that cuts answers on purpose need not see them reported).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     config = uvicorn.Config(app, http=http, lifespan=lifespan, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=2, **uvicorn_options)
+                            timeout_graceful_shutdown=timeout_graceful_shutdown, **uvicorn_options)
     server = uvicorn.Server(config)
+    log_filter = _DropMessages(quiet) if quiet else None
+    if log_filter:
+        logging.getLogger("uvicorn.error").addFilter(log_filter)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=name)
     thread.start()
     try:
@@ -65,6 +83,8 @@ def serve_in_thread(app: Any, *, lifespan: str = "on", http: str = "auto", name:
         server.should_exit = True
         thread.join(10)
         sock.close()
+        if log_filter:
+            logging.getLogger("uvicorn.error").removeFilter(log_filter)
 
 
 def write_config(directory: Path, state: str, *, secret: str = TEST_SECRET, admin_token: str = TEST_ADMIN_TOKEN,
