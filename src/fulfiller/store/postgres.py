@@ -205,15 +205,11 @@ class PostgresStore(SqlStore):
             return (0, fn.key, i) if isinstance(fn, _Ordered) else (1, "", i)
 
         order = sorted(range(len(fns)), key=place)
-        ordered = [fns[i] for i in order]
+        guarded = [self._guard(fns[i]) for i in order]
         for attempt in range(self.batch_retries + 1):
+            self._notify_pending = False
             try:
-                ran = self._run_plain(conn, ordered)
-                if ran is None:
-                    # A write failed: run the batch again with each write in its own savepoint
-                    # (SqlStore's way), so that write fails alone.
-                    self._notify_pending = False
-                    ran = super()._run_batch(conn, [*map(self._guard, ordered), self._notify_op])[:-1]
+                ran = super()._run_batch(conn, guarded)
             except _RetryBatch as retry:
                 # A deadlock the ordering cannot prevent (lifecycle updates racing) or a
                 # serialization failure: the whole transaction goes, nothing of it was
@@ -235,40 +231,17 @@ class PostgresStore(SqlStore):
             return results
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_plain(self, conn: Any, fns: list[Callable[[Any], Any]]) -> list[Any] | None:
-        """The batch in one transaction without savepoints; None (rolled back) when a write fails.
-
-        Writes almost never fail (duplicates are ``ON CONFLICT DO NOTHING``), and each
-        round trip to the server costs this thread the GIL twice: a savepoint and its
-        release around every write would double the round trips of a busy receiver.
-        """
-        self._notify_pending = False
-        cur = conn.cursor()
-        cur.execute(self.dialect.begin)
-        results: list[Any] = []
-        try:
-            for fn in fns:
-                results.append(fn(cur))
-            self._notify_op(cur)
-        except psycopg.Error as exc:
-            cur.execute("ROLLBACK")  # a dead connection raises here: the whole batch fails
-            state = exc.sqlstate or ""
-            if state.startswith("40"):
-                raise _RetryBatch(type(exc).__name__) from None
-            if state[:2] in ("08", "57"):  # connection lost, statement timeout, shutdown: not one write's fault
-                raise
-            return None
-        except Exception:
-            cur.execute("ROLLBACK")
-            return None
-        cur.execute("COMMIT")
-        return results
-
-    def _notify_op(self, cur: Any) -> None:
+    def _before_commit(self, cur: Any) -> None:
         # One NOTIFY per transaction, however many jobs it queued.
         if self._notify_pending:
             cur.execute(f"NOTIFY {CHANNEL}")
             self._notify_pending = False
+
+    def _rolled_back(self, exc: Exception) -> None:
+        # What the rolled-back attempt queued, the savepointed rerun queues again.
+        self._notify_pending = False
+        if isinstance(exc, _DatabaseError) and exc.sqlstate[:2] in ("08", "57"):
+            raise exc  # connection lost, statement timeout, shutdown: not one write's fault
 
     def _guard(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """``fn`` whose database errors reach its caller as StoreUnavailable, never raw.
@@ -287,7 +260,7 @@ class PostgresStore(SqlStore):
             except psycopg.Error as exc:
                 if (exc.sqlstate or "").startswith("40"):  # transaction rollback: deadlock, serialization
                     raise _RetryBatch(type(exc).__name__) from None
-                raise StoreUnavailable(f"{type(exc).__name__}: {self._redact(str(exc))}") from None
+                raise _DatabaseError(f"{type(exc).__name__}: {self._redact(str(exc))}", exc.sqlstate) from None
 
         return op
 
@@ -304,7 +277,7 @@ class PostgresStore(SqlStore):
     # -- LISTEN / NOTIFY ----------------------------------------------------------------
 
     def _queued(self, cur: Any) -> None:
-        # The batch sends one NOTIFY before it commits (see _notify_op); PostgreSQL delivers
+        # The batch sends one NOTIFY before it commits (see _before_commit); PostgreSQL delivers
         # it when, and only if, the transaction commits.
         self._notify_pending = True
 
@@ -374,6 +347,14 @@ class _Ordered:
 
     def __call__(self, cur: Any) -> Any:
         return self.fn(cur)
+
+
+class _DatabaseError(StoreUnavailable):
+    """A write's database error, as callers see it, keeping its SQLSTATE for the batch to judge."""
+
+    def __init__(self, message: str, sqlstate: str | None):
+        super().__init__(message)
+        self.sqlstate = sqlstate or ""
 
 
 class _RetryBatch(BaseException):

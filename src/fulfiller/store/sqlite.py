@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,23 +56,6 @@ class SQLiteStore(SqlStore):
 
     def _integrity_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.IntegrityError,)
-
-    def _run_batch(self, conn: Any, fns: list[Callable[[Any], Any]]) -> list[Any]:
-        """The batch in one plain transaction; only when a write fails, again with a savepoint each.
-
-        Writes almost never fail (a duplicate is ``ON CONFLICT DO NOTHING``), and every
-        statement costs this thread the GIL twice, which a busy event loop makes slow to
-        get back: a savepoint and its release around every write would double that.
-        """
-        cur = conn.cursor()
-        cur.execute(self.dialect.begin)  # a lock not granted in time fails the batch here, once
-        try:
-            results = [fn(cur) for fn in fns]
-        except Exception:
-            cur.execute("ROLLBACK")  # nothing of the batch is kept; a dead connection raises here
-            return super()._run_batch(conn, fns)
-        cur.execute("COMMIT")
-        return results
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
