@@ -6,7 +6,6 @@ import copy
 import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -81,11 +81,11 @@ class Receiver:
             return _error(400, "body is not a JSON object"), "bad_body", event_id
         try:
             stored = await self.store.ingest(plan(event_id, topic, text, data, time.time()))
-        except StoreUnavailable as exc:
-            log.error("store cannot commit: %s", exc, extra={"event_id": event_id})
-            return _error(503, "store unavailable; retry later"), "store_unavailable", event_id
-        except Exception:  # a bug must not become a 500 that Outpost counts as final: 503, retried
-            log.exception("store failed on a delivery", extra={"event_id": event_id})
+        except Exception as exc:
+            # Nothing is acked that is not committed: 503, and the sender retries. Anything but
+            # StoreUnavailable is a bug, so it is logged with its traceback.
+            log.error("store cannot commit: %s", exc, exc_info=not isinstance(exc, StoreUnavailable),
+                      extra={"event_id": event_id})
             return _error(503, "store unavailable; retry later"), "store_unavailable", event_id
         if not stored:
             return JSONResponse({"status": "duplicate", "event_id": event_id}, 200), "duplicate", event_id
