@@ -69,11 +69,7 @@ class Engine:
             raise _End(jobs.INVALID, error=f"invalid payload: {exc}") from None
         if job.expires_at is not None and time.time() >= job.expires_at:
             raise _End(jobs.EXPIRED, error="deadline (expiresAt) passed before work started")
-        try:
-            check_url(req.callback_url, worker.allowed_callback_hosts,
-                      allow_insecure_http=worker.allow_insecure_http, what="callback")
-        except HostNotAllowed as exc:
-            raise _End(jobs.FAILED, error=str(exc)) from None
+        self._allow(req.callback_url, worker.allowed_callback_hosts, "callback")
 
         if job.skip_requested:
             await self._complete(ctx, req, skip_body(job.skip_requested), skip_reason=job.skip_requested)
@@ -82,11 +78,7 @@ class Engine:
         if not isinstance(found, Found):
             await self._complete(ctx, req, skip_body(found.reason), skip_reason=found.reason)
 
-        try:
-            check_url(req.upload_url, worker.allowed_upload_hosts,
-                      allow_insecure_http=worker.allow_insecure_http, what="upload")
-        except HostNotAllowed as exc:
-            raise _End(jobs.FAILED, error=str(exc)) from None
+        self._allow(req.upload_url, worker.allowed_upload_hosts, "upload")
         master = found.master
         await ctx.record(chosen_aspect=found.aspect, extension=found.extension, content_type=found.content_type,
                          bytes=master.size, source=f"{master.catalog}:{master.object}")
@@ -97,6 +89,13 @@ class Engine:
         body = completion_body(req.storage_key, found.extension, content_hash,
                                found.aspect if req.request_kind == "afs" else None)
         await self._complete(ctx, req, body, skip_reason=None)
+
+    def _allow(self, url: str, hosts: list[str], what: str) -> None:
+        """End the job ``failed`` before anything is sent to a host outside the allow-list."""
+        try:
+            check_url(url, hosts, allow_insecure_http=self.config.worker.allow_insecure_http, what=what)
+        except HostNotAllowed as exc:
+            raise _End(jobs.FAILED, error=str(exc)) from None
 
     async def _resolve(self, ctx: _JobContext, req: SourceRequest) -> Any:
         async def attempt() -> Any:
