@@ -12,7 +12,6 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from fulfiller.catalogs.base import CatalogError, CatalogUnavailable, Master
-from fulfiller.catalogs.drive import DriveCatalog, _retry_after, load_credentials
+from fulfiller.catalogs.drive import DriveCatalog, load_credentials
 from fulfiller.config import DEFAULT_LAYOUT, DriveCatalogConfig
 from support.masters import FIELDS, MEDIA, MP4
 from support.drive_double import DriveDouble, run_drive_double
@@ -515,13 +514,6 @@ async def test_retry_after_is_waited_for_real(drive: DriveDouble, catalog_for: C
     assert len(await catalog.find(FIELDS, "video")) == 1
     assert time.monotonic() - started >= 1.0
     assert drive.counts["get 429"] == 1
-
-
-def test_retry_after_accepts_seconds_and_dates() -> None:
-    assert _retry_after("7") == 7.0
-    assert _retry_after(None) is None and _retry_after("soon") is None
-    in_a_minute = formatdate(time.time() + 60, usegmt=True)
-    assert 55 < (_retry_after(in_a_minute) or 0) <= 60
 
 
 async def test_outage_gives_up_after_max_retry_s(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:

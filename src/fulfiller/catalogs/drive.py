@@ -21,7 +21,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
@@ -41,6 +40,7 @@ from tenacity.wait import wait_exponential_jitter
 from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
 from fulfiller.config import DriveCatalogConfig
 from fulfiller.media import rank
+from fulfiller.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +91,6 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _retry_after(header: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def _error_reason(body: bytes) -> tuple[str, str]:
     """Drive's machine reason (``errors[0].reason``) and message from an error body."""
     try:
@@ -121,7 +107,7 @@ def _failure(status: int, body: bytes, retry_after: str | None, what: str) -> Ex
     if status == 404:
         return _NotFound(f"drive: {what}: not found")
     if status in (408, 429) or status >= 500 or (status == 403 and reason in _RATE_LIMIT_REASONS):
-        return _Transient(f"drive: {what}: HTTP {status} {reason}".rstrip(), _retry_after(retry_after))
+        return _Transient(f"drive: {what}: HTTP {status} {reason}".rstrip(), parse_retry_after(retry_after))
     if status == 403 and reason in _DOWNLOAD_DENIED:
         return CatalogError(f"drive: {reason}: {_DOWNLOAD_DENIED[reason]} ({what})")
     if status == 401:
