@@ -400,20 +400,25 @@ def test_download_quota_exceeded_fails_the_job_and_says_why(stack: Stack, when: 
     assert [a["step"] for a in job["attempts"]] == (["resolve"] if when == "resolve" else ["resolve", "upload"])
 
 
-def test_an_md5_mismatch_is_never_reported_complete(stack: Stack) -> None:
+@pytest.mark.parametrize("checksum", ["md5Checksum", "sha256Checksum"])
+def test_a_checksum_mismatch_is_never_reported_complete(stack: Stack, checksum: str) -> None:
     code = stack.new_code("shared")
     data = big_mp4(2 * 1024 * 1024 + 5, seed=2)
-    stack.drive.corrupt_md5(stack.drive.add_file("9x16.mp4", stack.leaf(code), data))
+    file_id = stack.drive.add_file("9x16.mp4", stack.leaf(code), data)
+    if checksum == "md5Checksum":
+        stack.drive.omit_checksum(file_id, "sha256Checksum")  # older files: Drive lists only the md5
+    wrong = stack.drive.corrupt_checksum(file_id, checksum)
     event, key, token = stack.oss(code)
 
     job = stack.run(event)
 
     stack.assert_not_delivered(job, key, token)
-    assert "md5 mismatch" in job["error"]
-    assert "Drive lists " + "0" * 32 in job["error"]
-    assert hashlib.md5(data).hexdigest() in job["error"]
+    algorithm = "md5" if checksum == "md5Checksum" else "sha256"
+    assert f"{algorithm} mismatch" in job["error"]
+    assert wrong in job["error"]
+    assert hashlib.new(algorithm, data).hexdigest() in job["error"]
     assert job["content_hash"] is None
-    # The last chunk was held back until the md5 was known: the PUT ended short and nothing was kept.
+    # The last chunk was held back until the checksum was known: the PUT ended short and nothing was kept.
     [upload] = stack.platform.wait_for_uploads(1, key=key)
     assert (upload.outcome, upload.content_length) == ("disconnected", len(data))
     assert upload.received < len(data)

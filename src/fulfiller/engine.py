@@ -27,7 +27,7 @@ from fulfiller.redact import redact_text
 from fulfiller.resolve import Catalogs, Found, find_master
 from fulfiller.retry import Transient, with_retries
 from fulfiller.store.base import Store
-from fulfiller.transfer import Delivered, Refused, SizeMismatch, upload
+from fulfiller.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, upload
 
 log = logging.getLogger("fulfiller.engine")
 T = TypeVar("T")
@@ -122,7 +122,8 @@ class Engine:
             chunks = catalog.stream(found.master, 0, self.config.worker.chunk_bytes)
             started = time.perf_counter()
             try:
-                delivered = await upload(self.client, req.upload_url, chunks, found.master.size, found.content_type)
+                delivered = await upload(self.client, req.upload_url, chunks, found.master.size, found.content_type,
+                                         expected_sha256=found.master.sha256)
             finally:
                 self.metrics.upload_duration.observe(time.perf_counter() - started)
             return delivered, f"{delivered.bytes} bytes"
@@ -131,7 +132,7 @@ class Engine:
             return await ctx.attempt("upload", attempt)
         except CatalogUnavailable as exc:
             raise Transient(f"catalog unavailable mid-stream: {exc}") from None
-        except (CatalogError, SizeMismatch) as exc:
+        except (CatalogError, SizeMismatch, ChecksumMismatch) as exc:
             raise _End(jobs.FAILED, error=f"master unreadable: {exc}") from None
         except Refused as exc:
             hint = " (pre-signed URL expired or invalid)" if exc.http_status == 403 else ""

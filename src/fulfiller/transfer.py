@@ -41,6 +41,10 @@ class SizeMismatch(Exception):
     """The catalog gave more or fewer bytes than it said the master has."""
 
 
+class ChecksumMismatch(Exception):
+    """The bytes read hash to something other than the SHA-256 the catalog publishes."""
+
+
 def response_excerpt(response: httpx.Response, limit: int = 500) -> str:
     """The start of a response body, kept on the job so operators see why a peer refused."""
     return redact_text(response.text[:limit].strip())
@@ -70,6 +74,7 @@ class _Hasher:
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
         self._thread.start()
+        self._digest: str | None = None
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:
@@ -82,8 +87,10 @@ class _Hasher:
             await asyncio.to_thread(self._queue.put, chunk)
 
     async def hexdigest(self) -> str:
-        await asyncio.to_thread(self._finish)
-        return self._sha.hexdigest()
+        if self._digest is None:
+            await asyncio.to_thread(self._finish)
+            self._digest = self._sha.hexdigest()
+        return self._digest
 
     def _finish(self) -> None:
         self._queue.put(None)
@@ -128,16 +135,26 @@ async def _read_ahead(chunks: AsyncIterator[bytes], depth: int) -> AsyncIterator
 
 
 async def upload(
-    client: httpx.AsyncClient, url: str, chunks: AsyncIterator[bytes], size: int, content_type: str
+    client: httpx.AsyncClient,
+    url: str,
+    chunks: AsyncIterator[bytes],
+    size: int,
+    content_type: str,
+    expected_sha256: str | None = None,
 ) -> Delivered:
-    """PUT ``size`` bytes from ``chunks`` to ``url``; raise Transient, Refused or SizeMismatch."""
+    """PUT ``size`` bytes from ``chunks`` to ``url``; raise Transient, Refused, SizeMismatch or ChecksumMismatch.
+
+    ``expected_sha256`` (lowercase hex, when the catalog publishes one) is checked
+    against the hash the upload computes anyway, before the last chunk leaves.
+    """
     hasher = _Hasher()
     sent = 0
 
     async def body() -> AsyncIterator[bytes]:
         # Each chunk goes out when the next one arrives, the last only once the source has ended
-        # cleanly: a check the catalog makes at the end (Drive's md5) then fails the PUT short of its
-        # Content-Length, so the store never keeps a whole object made of bad bytes.
+        # cleanly and the checksums agree: a check that fails at the end (ours, or one the catalog
+        # makes, like Drive's md5) then cuts the PUT short of its Content-Length, so the store never
+        # keeps a whole object made of bad bytes.
         nonlocal sent
         held = b""
         async for chunk in _read_ahead(chunks, depth=4):
@@ -150,6 +167,10 @@ async def upload(
             held = chunk
         if sent != size:
             raise SizeMismatch(f"master ended at {sent} of its listed {size} bytes")
+        if expected_sha256 is not None and (actual := await hasher.hexdigest()) != expected_sha256:
+            raise ChecksumMismatch(
+                f"sha256 mismatch: the catalog lists {expected_sha256}, the bytes read hash to {actual}"
+            )
         if held:
             yield held
 

@@ -129,7 +129,7 @@ async def test_find_in_my_drive_folder(drive: DriveDouble, catalog_for: Callable
     assert (master.name, master.ref, master.size) == ("9x16.mp4", file_id, len(MP4))
     assert master.md5 == hashlib.md5(MP4).hexdigest()
     assert master.metadata["videoMediaMetadata"] == video_meta
-    assert master.metadata["sha256Checksum"] == hashlib.sha256(MP4).hexdigest()
+    assert master.sha256 == hashlib.sha256(MP4).hexdigest()
     assert "imageMediaMetadata" not in master.metadata  # Drive often has none; absent, not invented
     for hit in drive.hits_of("list"):
         assert hit.params["supportsAllDrives"] == hit.params["includeItemsFromAllDrives"] == "true"
@@ -431,9 +431,12 @@ async def test_too_many_cuts_give_up(drive: DriveDouble, catalog_for: Callable[.
 
 async def test_md5_mismatch_is_caught_at_the_end(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
     root, leaf = my_drive_leaf(drive)
-    drive.corrupt_md5(drive.add_file("9x16.mp4", leaf, MP4))
+    file_id = drive.add_file("9x16.mp4", leaf, MP4)
+    drive.omit_checksum(file_id, "sha256Checksum")  # no SHA-256 for the upload to check: the md5 is the check
+    drive.corrupt_checksum(file_id, "md5Checksum")
     catalog = catalog_for(root)
     [master] = await catalog.find(FIELDS, "video")
+    assert master.sha256 is None
 
     received = bytearray()
     with pytest.raises(CatalogError, match="md5 mismatch"):

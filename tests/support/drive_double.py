@@ -211,7 +211,8 @@ class Item:
     data: bytes | None = None
     trashed: bool = False
     target_id: str | None = None
-    md5_override: str | None = None
+    # Published in place of the true checksums: a wrong value, or None for "Drive lists none".
+    checksum_overrides: dict[str, str | None] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # content on disk, served in place of ``data`` (never read into memory)
     digests: tuple[int, str, str] | None = None  # size, md5, sha256 of ``path``, computed once
@@ -242,13 +243,16 @@ class Item:
             r["driveId"] = self.drive_id
         if self.data is not None:
             r["size"] = str(len(self.data))
-            r["md5Checksum"] = self.md5_override or hashlib.md5(self.data).hexdigest()
+            r["md5Checksum"] = hashlib.md5(self.data).hexdigest()
             r["sha256Checksum"] = hashlib.sha256(self.data).hexdigest()
         elif self.digests is not None:
-            size, md5, sha256 = self.digests
-            r["size"] = str(size)
-            r["md5Checksum"] = self.md5_override or md5
-            r["sha256Checksum"] = sha256
+            r["size"], r["md5Checksum"], r["sha256Checksum"] = str(self.digests[0]), *self.digests[1:]
+        if self.binary:
+            for key, value in self.checksum_overrides.items():
+                if value is None:
+                    r.pop(key, None)
+                else:
+                    r[key] = value
         if self.target_id:
             r["shortcutDetails"] = {"targetId": self.target_id, "targetMimeType": target.mime_type if target else ""}
         return r
@@ -500,9 +504,15 @@ class DriveDouble:
         """Downloads of the file answer 403 with ``reason`` (downloadQuotaExceeded, cannotDownloadFile, ...)."""
         self._denied[file_id] = reason
 
-    def corrupt_md5(self, file_id: str) -> None:
-        """Publish a wrong md5Checksum for the file."""
-        self.items[file_id].md5_override = "0" * 32
+    def corrupt_checksum(self, file_id: str, key: str = "md5Checksum") -> str:
+        """Publish a wrong ``key`` (md5Checksum or sha256Checksum) for the file; returns it."""
+        wrong = "0" * (32 if key == "md5Checksum" else 64)
+        self.items[file_id].checksum_overrides[key] = wrong
+        return wrong
+
+    def omit_checksum(self, file_id: str, key: str = "sha256Checksum") -> None:
+        """List the file without ``key``, as Drive does for files it has not computed one for."""
+        self.items[file_id].checksum_overrides[key] = None
 
     def expire_tokens(self) -> None:
         """Every access token issued so far is refused from now on (401)."""

@@ -33,6 +33,7 @@ class Master:
     size: int
     ref: str = ""  # backend handle: file path, S3 key, Drive file id
     md5: str | None = None  # lowercase hex, when the store publishes a trustworthy one
+    sha256: str | None = None  # lowercase hex, likewise; the upload checks it on the hash it computes anyway
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
