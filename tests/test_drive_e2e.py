@@ -35,7 +35,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fulfiller.sniff import HEAD_BYTES
 from support.drive_double import DriveDouble, Hit, run_drive_double
 from support.fulfiller_proc import FulfillerProcess, attempts, fast_worker
 from support.masters import media, sha256
@@ -46,11 +45,6 @@ from support.servers import fulfiller_command
 JOB_TIMEOUT_S = 30
 CLI_TIMEOUT_S = 60
 SERVICE_ACCOUNT = "fulfiller-test@drive-double.iam.gserviceaccount.com"
-
-
-def sniff_range(size: int) -> str:
-    """The Range of the engine's look at a master's head (to learn its real type)."""
-    return f"bytes=0-{min(HEAD_BYTES, size) - 1}"
 
 
 def big_mp4(size: int, seed: int) -> bytes:
@@ -187,8 +181,9 @@ def test_oss_request_is_delivered(stack: Stack, where: str) -> None:
     assert job["source"] == f"{stack.catalog_of(code)}:drive:{code}/v1/en/9x16.mp4"
     assert [a["step"] for a in job["attempts"]] == ["resolve", "upload", "callback"]
     media_hits = seen.hits("media")
-    assert [h.params.get("supportsAllDrives") for h in media_hits] == ["true", "true"]
-    assert [h.range for h in media_hits] == [sniff_range(len(data)), None]  # a sniff of the head, then one whole GET
+    assert [h.params.get("supportsAllDrives") for h in media_hits] == ["true"]
+    # One whole GET: the sniff reads its first chunk and the upload goes on with the same stream.
+    assert [h.range for h in media_hits] == [None]
     assert all(h.status in (200, 206) for h in media_hits)
     assert {h.params.get("corpora") for h in seen.hits("list")} == ({"drive"} if where == "shared" else {None})
     if where == "shared":
@@ -324,15 +319,15 @@ def test_throttling_is_retried_to_completion(stack: Stack) -> None:
     event, key, token = stack.oss(code)
     seen = Window(stack.drive)
     stack.drive.fail_next(1, 429, "rateLimitExceeded", kind="list")
-    # The download proper (after the sniff of the head) meets Drive's 403 flavour of throttling.
-    stack.drive.after("media", 1, lambda: stack.drive.fail_next(1, 403, "rateLimitExceeded", kind="media"))
+    # The download meets Drive's 403 flavour of throttling.
+    stack.drive.fail_next(1, 403, "rateLimitExceeded", kind="media")
 
     job = stack.run(event)
 
     stack.assert_delivered(job, key, token, data, "video/mp4", "mp4")
     assert (seen.count("list 429"), seen.count("media 403")) == (1, 1)
     media_hits = [(h.status, h.range) for h in seen.hits("media")]
-    assert media_hits == [(206, sniff_range(len(data))), (403, None), (200, None)]
+    assert media_hits == [(403, None), (200, None)]
     # Retried inside the catalog: the job made one try of each step.
     assert [a["step"] for a in job["attempts"]] == ["resolve", "upload", "callback"]
     assert len(stack.platform.uploads(key)) == 1
@@ -355,26 +350,29 @@ def test_a_download_cut_midway_resumes_by_range(stack: Stack, tmp_path: Path, se
 
     stack.assert_delivered(job, key, token, data, "video/mp4", "mp4")
     ranges = [h.range for h in seen.hits("media")]
-    assert ranges[:2] == [sniff_range(len(data)), None] and len(ranges) == 3
-    assert ranges[2] == "bytes=2500000-"  # right where the cut fell: no byte asked for twice
+    assert ranges == [None, "bytes=2500000-"]  # resumed right where the cut fell: no byte asked for twice
     # One PUT, fed across the cut: the upload was not restarted.
     assert len(attempts(job, "upload")) == 1 and len(stack.platform.uploads(key)) == 1
 
 
 def test_token_expiry_mid_run_is_refreshed(stack: Stack) -> None:
     code = stack.new_code("my")
-    data = media("9x16.mp4")
-    stack.drive.add_file("9x16.mp4", stack.leaf(code), data)
+    data = big_mp4(3 * 1024 * 1024, seed=3)
+    file_id = stack.drive.add_file("9x16.mp4", stack.leaf(code), data)
     event, key, token = stack.oss(code)
     seen = Window(stack.drive)
-    # Expire every token twice: mid folder walk (metadata path) and between sniff and download (media path).
+    # Expire every token twice: mid folder walk (metadata path) and mid download, which a cut
+    # connection then makes resume with a token that is no longer good (media path).
     stack.drive.after("list", 1, stack.drive.expire_tokens)
+    stack.drive.cut_download(file_id, after_bytes=1_500_000)
     stack.drive.after("media", 1, stack.drive.expire_tokens)
 
     job = stack.run(event)
 
     stack.assert_delivered(job, key, token, data, "video/mp4", "mp4")
     assert (seen.count("list 401"), seen.count("media 401")) == (1, 1)
+    assert [(h.status, h.range) for h in seen.hits("media")] == [
+        (200, None), (401, "bytes=1500000-"), (206, "bytes=1500000-")]
     assert (seen.count("token"), seen.count("token 200")) == (2, 2)
     assert len(job["attempts"]) == 3
 
@@ -382,12 +380,14 @@ def test_token_expiry_mid_run_is_refreshed(stack: Stack) -> None:
 @pytest.mark.parametrize("when", ["resolve", "upload"])
 def test_download_quota_exceeded_fails_the_job_and_says_why(stack: Stack, when: str) -> None:
     code = stack.new_code("my")
-    file_id = stack.drive.add_file("9x16.mp4", stack.leaf(code), media("9x16.mp4"))
+    file_id = stack.drive.add_file("9x16.mp4", stack.leaf(code), big_mp4(3 * 1024 * 1024, seed=4))
     event, key, token = stack.oss(code)
     seen = Window(stack.drive)
     if when == "resolve":
-        stack.drive.deny_download(file_id)  # even the sniff of the head is refused
+        stack.drive.deny_download(file_id)  # the first GET, whose head the sniff reads, is refused
     else:
+        # Refused on the resume, once the upload is under way.
+        stack.drive.cut_download(file_id, after_bytes=1_500_000)
         stack.drive.after("media", 1, lambda: stack.drive.deny_download(file_id))
 
     job = stack.run(event)

@@ -10,7 +10,7 @@ import httpx
 
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient
-from fulfiller.transfer import Refused, response_excerpt, transient_for
+from fulfiller.transfer import Refused, excerpt, transient_for
 
 
 def completion_body(storage_key: str, extension: str, content_hash: str, aspect: str | None) -> dict[str, object]:
@@ -40,7 +40,7 @@ async def post_callback(client: httpx.AsyncClient, url: str, body: dict[str, obj
                         maybe_delivered=not unsent) from None
     if response.is_success or response.status_code in (409, 410):
         return response.status_code
-    transient = transient_for(response, "callback")
+    transient = transient_for(response.status_code, response.headers.get("retry-after"), "callback")
     if transient:
         raise transient
-    raise Refused("callback", response.status_code, response_excerpt(response))
+    raise Refused("callback", response.status_code, excerpt(response.text))

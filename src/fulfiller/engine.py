@@ -27,7 +27,7 @@ from fulfiller.redact import redact_text
 from fulfiller.resolve import Catalogs, Found, find_master
 from fulfiller.retry import Transient, with_retries
 from fulfiller.store.base import Store
-from fulfiller.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, upload
+from fulfiller.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, Uploader
 
 log = logging.getLogger("fulfiller.engine")
 T = TypeVar("T")
@@ -45,12 +45,14 @@ class _End(Exception):
 class Engine:
     """Runs jobs; shared by all of a process's workers."""
 
-    def __init__(self, config: Config, store: Store, metrics: Metrics, catalogs: Catalogs, client: httpx.AsyncClient):
+    def __init__(self, config: Config, store: Store, metrics: Metrics, catalogs: Catalogs, client: httpx.AsyncClient,
+                 uploader: Uploader):
         self.config = config
         self.store = store
         self.metrics = metrics
         self.catalogs = catalogs
-        self.client = client
+        self.client = client  # the callbacks
+        self.uploader = uploader
 
     async def run(self, job: Job, owner: str) -> str:
         """Take a claimed job to a final status (returned), unless it is cancelled."""
@@ -77,8 +79,13 @@ class Engine:
         found = await ctx.retried("resolve", lambda: self._resolve(ctx, req))
         if not isinstance(found, Found):
             await self._complete(ctx, req, skip_body(found.reason), skip_reason=found.reason)
+        try:
+            await self._deliver(ctx, req, found)
+        finally:
+            await found.opened.aclose()  # the job ended before the upload took the sniffed stream
 
-        self._allow(req.upload_url, worker.allowed_upload_hosts, "upload")
+    async def _deliver(self, ctx: _JobContext, req: SourceRequest, found: Found) -> None:
+        self._allow(req.upload_url, self.config.worker.allowed_upload_hosts, "upload")
         master = found.master
         await ctx.record(chosen_aspect=found.aspect, extension=found.extension, content_type=found.content_type,
                          bytes=master.size, source=f"{master.catalog}:{master.object}")
@@ -118,12 +125,13 @@ class Engine:
         catalog = self.catalogs.get(found.master.catalog)
 
         async def attempt() -> tuple[Delivered, str]:
-            # Each try streams from the first byte: a pre-signed PUT cannot be resumed.
-            chunks = catalog.stream(found.master, 0, self.config.worker.chunk_bytes)
+            # Each try streams from the first byte: a pre-signed PUT cannot be resumed. The first
+            # goes on with the stream the sniff opened; a retry opens its own.
+            chunks = found.opened.take() or catalog.stream(found.master, 0, self.config.worker.chunk_bytes)
             started = time.perf_counter()
             try:
-                delivered = await upload(self.client, req.upload_url, chunks, found.master.size, found.content_type,
-                                         expected_sha256=found.master.sha256)
+                delivered = await self.uploader.put(req.upload_url, chunks, found.master.size, found.content_type,
+                                                    expected_sha256=found.master.sha256)
             finally:
                 self.metrics.upload_duration.observe(time.perf_counter() - started)
             return delivered, f"{delivered.bytes} bytes"

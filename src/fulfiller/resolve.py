@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from fulfiller.catalogs.base import Catalog, Master
+from fulfiller.catalogs.base import Catalog, Master, Opened
 from fulfiller.catalogs.registry import build_catalog
 from fulfiller.config import Config
 from fulfiller.events import Coordinates, SourceRequest
@@ -21,12 +21,13 @@ from fulfiller.sniff import HEAD_BYTES, classify, sniff
 
 @dataclass(frozen=True)
 class Found:
-    """The master to deliver, with its real type."""
+    """The master to deliver, with its real type, and its stream as the sniff left it."""
 
     master: Master
     aspect: str
     content_type: str
     extension: str
+    opened: Opened
     notes: list[str] = field(default_factory=list)
 
 
@@ -61,7 +62,8 @@ async def find_master(req: SourceRequest, config: Config, catalogs: Catalogs) ->
 
     A candidate whose real type is not the request's kind (an image saved as
     .mp4) is passed over, and the reason kept, rather than delivered.
-    CatalogUnavailable propagates: the caller retries.
+    CatalogUnavailable propagates: the caller retries. The caller owns the
+    returned ``Found.opened`` and must close it if it does not upload.
     """
     name = route_for(config.routes, req.project_slug, req.coords.code)
     if name is None:
@@ -70,12 +72,14 @@ async def find_master(req: SourceRequest, config: Config, catalogs: Catalogs) ->
     notes: list[str] = []
     for aspect in aspect_order(req, config.aspects):
         for master in await catalog.find(req.layout_fields(aspect), req.kind):
-            mime = sniff(await catalog.read_range(master, 0, HEAD_BYTES))
+            opened = await Opened.start(catalog, master, config.worker.chunk_bytes)
+            mime = sniff(opened.head[:HEAD_BYTES])
             kind_ext = classify(mime)
             if kind_ext is None or kind_ext[0] != req.kind:
+                await opened.aclose()
                 notes.append(f"{master.catalog}:{master.object} is {mime}, not a {req.kind}: passed over")
                 continue
-            return Found(master, aspect, mime, kind_ext[1], notes)
+            return Found(master, aspect, mime, kind_ext[1], opened, notes)
         notes.append(f"{aspect}: nothing in {name}")
     return NotFound(no_match_reason(req), notes)
 
@@ -97,6 +101,8 @@ async def dry_run(config: Config, args: argparse.Namespace, out: Callable[[str],
     catalogs = Catalogs(config)
     try:
         result = await find_master(req, config, catalogs)
+        if isinstance(result, Found):
+            await result.opened.aclose()
     finally:
         await catalogs.aclose()
     for note in result.notes:

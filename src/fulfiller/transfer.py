@@ -4,6 +4,10 @@ S3-style pre-signed PUTs (R2 included) refuse chunked bodies, so the request
 carries the exact Content-Length known from the catalog, and the bytes flow
 through in chunks: memory stays flat whatever the master's size. SHA-256 is
 computed on the way for the callback's ``contentHash``.
+
+The PUT itself runs on a thread of its own through urllib3 (``bulkhttp``), fed
+chunk by chunk from the event loop, which keeps reading from the catalog and
+hashing meanwhile.
 """
 
 from __future__ import annotations
@@ -12,13 +16,19 @@ import asyncio
 import hashlib
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-import httpx
+import urllib3
 
+from fulfiller.bulkhttp import bulk_pool, release
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient, parse_retry_after
+
+T = TypeVar("T")
+# Enough of a refusal's body for an operator to see why; the rest is not read.
+EXCERPT_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -45,19 +55,19 @@ class ChecksumMismatch(Exception):
     """The bytes read hash to something other than the SHA-256 the catalog publishes."""
 
 
-def response_excerpt(response: httpx.Response, limit: int = 500) -> str:
+class _Aborted(Exception):
+    """Raised inside the request body to cut the PUT short of its Content-Length."""
+
+
+def excerpt(text: str, limit: int = 500) -> str:
     """The start of a response body, kept on the job so operators see why a peer refused."""
-    return redact_text(response.text[:limit].strip())
+    return redact_text(text[:limit].strip())
 
 
-def transient_for(response: httpx.Response, what: str) -> Transient | None:
+def transient_for(status: int, retry_after: str | None, what: str) -> Transient | None:
     """A Transient for 429 and 5xx answers (honouring Retry-After), else None."""
-    if response.status_code == 429 or response.status_code >= 500:
-        return Transient(
-            f"{what} answered {response.status_code}",
-            http_status=response.status_code,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-        )
+    if status == 429 or status >= 500:
+        return Transient(f"{what} answered {status}", http_status=status, retry_after=parse_retry_after(retry_after))
     return None
 
 
@@ -134,59 +144,152 @@ async def _read_ahead(chunks: AsyncIterator[bytes], depth: int) -> AsyncIterator
         await asyncio.gather(producer, return_exceptions=True)
 
 
-async def upload(
-    client: httpx.AsyncClient,
-    url: str,
-    chunks: AsyncIterator[bytes],
-    size: int,
-    content_type: str,
-    expected_sha256: str | None = None,
-) -> Delivered:
-    """PUT ``size`` bytes from ``chunks`` to ``url``; raise Transient, Refused, SizeMismatch or ChecksumMismatch.
+class _Sender(Generic[T]):
+    """One blocking request on a thread of its own, its body fed chunk by chunk from the event loop.
 
-    ``expected_sha256`` (lowercase hex, when the catalog publishes one) is checked
-    against the hash the upload computes anyway, before the last chunk leaves.
+    At most ``depth`` chunks wait between the two sides, so a slow peer holds
+    back the read from the catalog instead of the master piling up in memory.
+    ``result`` settles when the request returns; a peer that answers before the
+    body is all sent (a 403 on a bad signature) settles it early.
     """
-    hasher = _Hasher()
-    sent = 0
 
-    async def body() -> AsyncIterator[bytes]:
+    def __init__(self, request: Callable[[Iterator[bytes]], T], depth: int = 4):
+        self._loop = asyncio.get_running_loop()
+        self._chunks: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._space = asyncio.Semaphore(depth)
+        self.result: asyncio.Future[T] = self._loop.create_future()
+        self.result.add_done_callback(lambda _: self._space.release())  # wakes a put() waiting for room
+        threading.Thread(target=self._run, args=(request,), name="upload", daemon=True).start()
+
+    def _run(self, request: Callable[[Iterator[bytes]], T]) -> None:
+        try:
+            outcome, error = request(self._body()), None
+        except BaseException as exc:  # handed to the awaiting side
+            outcome, error = None, exc
+
+        def settle() -> None:
+            if self.result.done():
+                return
+            if error is not None:
+                self.result.set_exception(error)
+            else:
+                self.result.set_result(outcome)  # type: ignore[arg-type]
+
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop closed first: nobody is waiting
+            pass
+
+    def _body(self) -> Iterator[bytes]:
+        while (item := self._chunks.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            self._loop.call_soon_threadsafe(self._space.release)
+            yield item  # type: ignore[misc]
+
+    async def put(self, chunk: bytes) -> bool:
+        """Queue ``chunk``; False (and not queued) once the request has already returned."""
+        await self._space.acquire()
+        if self.result.done():
+            return False
+        self._chunks.put(chunk)
+        return True
+
+    def end(self) -> None:
+        """The body is complete."""
+        self._chunks.put(_END)
+
+    def abort(self) -> None:
+        """Cut the body short: the request fails and its connection closes."""
+        self._chunks.put(_Aborted())
+        # Its failure is the expected outcome: retrieved here so asyncio does not report it as lost.
+        self.result.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+class Uploader:
+    """PUTs masters to pre-signed URLs; one per worker process, shared by its jobs."""
+
+    def __init__(self, timeout_s: float, max_connections: int):
+        self._pool = bulk_pool(timeout_s, max_connections, redirects=0)
+
+    async def put(
+        self,
+        url: str,
+        chunks: AsyncIterator[bytes],
+        size: int,
+        content_type: str,
+        expected_sha256: str | None = None,
+    ) -> Delivered:
+        """PUT ``size`` bytes from ``chunks``; raise Transient, Refused, SizeMismatch or ChecksumMismatch.
+
+        ``expected_sha256`` (lowercase hex, when the catalog publishes one) is checked
+        against the hash the upload computes anyway, before the last chunk leaves.
+        """
+        headers = {"Content-Type": content_type, "Content-Length": str(size)}
+        hasher = _Hasher()
+        sender = _Sender(lambda body: self._request(url, body, headers))
+        try:
+            sent = await self._feed(sender, hasher, chunks, size, expected_sha256)
+            status, retry_after, text = await sender.result
+        except urllib3.exceptions.HTTPError as exc:
+            hasher.abandon()
+            raise Transient(f"upload failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
+        except BaseException:
+            sender.abort()
+            hasher.abandon()
+            raise
+        if 200 <= status < 300:
+            if sent != size:  # answered before the whole body went out: nothing says it was stored
+                raise Transient(f"upload answered {status} after {sent} of {size} bytes")
+            return Delivered(sent, await hasher.hexdigest(), status)
+        hasher.abandon()
+        transient = transient_for(status, retry_after, "upload")
+        if transient:
+            raise transient
+        raise Refused("upload", status, excerpt(text))
+
+    @staticmethod
+    async def _feed(
+        sender: _Sender[Any], hasher: _Hasher, chunks: AsyncIterator[bytes], size: int, expected_sha256: str | None
+    ) -> int:
+        """Hand the chunks to the sender; the bytes handed over, fewer if the peer answered early."""
         # Each chunk goes out when the next one arrives, the last only once the source has ended
         # cleanly and the checksums agree: a check that fails at the end (ours, or one the catalog
         # makes, like Drive's md5) then cuts the PUT short of its Content-Length, so the store never
         # keeps a whole object made of bad bytes.
-        nonlocal sent
-        held = b""
+        sent, held = 0, b""
         async for chunk in _read_ahead(chunks, depth=4):
-            sent += len(chunk)
-            if sent > size:
+            if sent + len(held) + len(chunk) > size:
                 raise SizeMismatch(f"master grew past its listed size of {size} bytes")
             await hasher.update(chunk)
             if held:
-                yield held
+                if not await sender.put(held):
+                    return sent
+                sent += len(held)
             held = chunk
-        if sent != size:
-            raise SizeMismatch(f"master ended at {sent} of its listed {size} bytes")
+        if sent + len(held) != size:
+            raise SizeMismatch(f"master ended at {sent + len(held)} of its listed {size} bytes")
         if expected_sha256 is not None and (actual := await hasher.hexdigest()) != expected_sha256:
             raise ChecksumMismatch(
                 f"sha256 mismatch: the catalog lists {expected_sha256}, the bytes read hash to {actual}"
             )
         if held:
-            yield held
+            if not await sender.put(held):
+                return sent
+            sent += len(held)
+        sender.end()
+        return sent
 
-    headers = {"Content-Type": content_type, "Content-Length": str(size)}
-    try:
-        response = await client.put(url, content=body(), headers=headers)
-    except httpx.HTTPError as exc:
-        hasher.abandon()
-        raise Transient(f"upload failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
-    except BaseException:
-        hasher.abandon()
-        raise
-    if response.is_success:
-        return Delivered(sent, await hasher.hexdigest(), response.status_code)
-    hasher.abandon()
-    transient = transient_for(response, "upload")
-    if transient:
-        raise transient
-    raise Refused("upload", response.status_code, response_excerpt(response))
+    def _request(self, url: str, body: Iterator[bytes], headers: dict[str, str]) -> tuple[int, str | None, str]:
+        """The PUT, on the sender's thread: status, Retry-After and the start of the answer's body."""
+        # retries=False: no retry and no redirect here; a redirect could lead outside the allow-list.
+        response = self._pool.request("PUT", url, body=body, headers=headers, chunked=False,
+                                      preload_content=False, retries=False)
+        try:
+            text = response.read(EXCERPT_BYTES, decode_content=True).decode("utf-8", "replace")
+            return response.status, response.headers.get("retry-after"), text
+        finally:
+            release(response)
+
+    def close(self) -> None:
+        self._pool.clear()

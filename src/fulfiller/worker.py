@@ -25,6 +25,7 @@ from fulfiller.jobs import Job
 from fulfiller.metrics import Metrics
 from fulfiller.resolve import Catalogs
 from fulfiller.store import Store, StoreUnavailable, open_store
+from fulfiller.transfer import Uploader
 
 log = logging.getLogger("fulfiller.worker")
 
@@ -42,8 +43,9 @@ class WorkerPool:
             follow_redirects=False,  # a redirect could lead outside the allow-lists
             limits=httpx.Limits(max_connections=w.concurrency * 2, max_keepalive_connections=w.concurrency),
         )
+        self.uploader = Uploader(w.http_timeout_s, max_connections=w.concurrency)
         self.catalogs = Catalogs(config)
-        self.engine = Engine(config, store, metrics, self.catalogs, self.client)
+        self.engine = Engine(config, store, metrics, self.catalogs, self.client, self.uploader)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = False
@@ -123,6 +125,7 @@ class WorkerPool:
             if pending:
                 await asyncio.wait(pending)
         await self.client.aclose()
+        self.uploader.close()
         await self.catalogs.aclose()
 
 

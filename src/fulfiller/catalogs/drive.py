@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
@@ -37,6 +37,7 @@ from googleapiclient.http import HttpRequest
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
+from fulfiller.bulkhttp import bulk_pool, release
 from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
 from fulfiller.config import DriveCatalogConfig
 from fulfiller.media import rank
@@ -147,14 +148,6 @@ class _Digest:
         return self._md5.hexdigest()
 
 
-def _release(response: urllib3.HTTPResponse) -> None:
-    """Give a media response's connection back to the pool, or close it if its body was not read to the end."""
-    if response.length_remaining != 0:
-        # Unread bytes left on the connection would be taken for the next request's answer.
-        response.close()
-    response.release_conn()
-
-
 def _auth_failure(exc: RefreshError | TransportError, what: str) -> Exception:
     """A token that could not be obtained: transient when google-auth says so."""
     if isinstance(exc, TransportError) or exc.retryable:
@@ -226,13 +219,7 @@ class DriveCatalog(Catalog):
             cache_discovery=False,
         )
         self._local = threading.local()  # httplib2 is not thread-safe: one authorized Http per worker thread
-        self._pool = urllib3.PoolManager(
-            maxsize=_MAX_DOWNLOADS,
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-            # No retries of its own (ours know Drive's errors and the deadline), but follow
-            # redirects; urllib3 drops the Authorization header when one leaves the host.
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
-        )
+        self._pool = bulk_pool(timeout_s, _MAX_DOWNLOADS, redirects=5)
         self._auth_lock = asyncio.Lock()
         self._root: _Folder | None = None
         self._root_name = ""
@@ -532,14 +519,14 @@ class DriveCatalog(Catalog):
         try:
             response = await asyncio.to_thread(get, headers)
             if response.status == 401:
-                await asyncio.to_thread(_release, response)
+                await asyncio.to_thread(release, response)
                 headers = await self._auth_headers(rejected=headers.get("authorization", "").removeprefix("Bearer "))
                 response = await asyncio.to_thread(get, headers)
             if response.status == 206 or (response.status == 200 and not ranged):
                 return response
             # never pull a whole file here
             body = b"" if response.status == 200 else await asyncio.to_thread(response.read, decode_content=False)
-            await asyncio.to_thread(_release, response)
+            await asyncio.to_thread(release, response)
         except urllib3.exceptions.HTTPError as exc:
             raise _Transient(f"drive: download {master.object}: {exc!r}") from exc
         if response.status == 200:
@@ -555,7 +542,7 @@ class DriveCatalog(Catalog):
                 f"drive: {master.object} ({master.ref}) vanished since it was found (404)"
             ) from None
 
-    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         """The bytes from ``start``; a cut connection resumes by Range, up to ``max_resumes`` times.
 
         A whole-file stream (``start == 0``) of a file without a sha256Checksum is
@@ -581,7 +568,7 @@ class DriveCatalog(Catalog):
             except urllib3.exceptions.HTTPError as exc:  # a short body, a reset, a read timeout
                 cause = repr(exc)
             finally:
-                await asyncio.to_thread(_release, response)
+                await asyncio.to_thread(release, response)
             if offset >= master.size:
                 break
             resumes += 1
@@ -611,7 +598,7 @@ class DriveCatalog(Catalog):
             except urllib3.exceptions.HTTPError as exc:
                 raise _Transient(f"drive: read {master.object}: {exc!r}") from exc
             finally:
-                await asyncio.to_thread(_release, response)
+                await asyncio.to_thread(release, response)
 
         return await self._media_retrying(master, attempt)
 

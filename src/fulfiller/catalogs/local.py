@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -77,7 +77,7 @@ class LocalCatalog(Catalog):
             raise CatalogUnavailable(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
         return files
 
-    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         f = await asyncio.to_thread(self._open, master, start)
         try:
             while chunk := await asyncio.to_thread(self._read, master, f, chunk_size):

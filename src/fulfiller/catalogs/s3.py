@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import boto3
@@ -100,7 +100,7 @@ class S3Catalog(Catalog):
             metadata={"etag": etag},
         )
 
-    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         body = await self._get(master, start, None)
         if body is None:
             return
