@@ -5,9 +5,9 @@ carries the exact Content-Length known from the catalog, and the bytes flow
 through in chunks: memory stays flat whatever the master's size. SHA-256 is
 computed on the way for the callback's ``contentHash``.
 
-The PUT itself runs on a thread of its own through urllib3 (``bulkhttp``), fed
-chunk by chunk from the event loop, which keeps reading from the catalog and
-hashing meanwhile.
+The PUT itself runs on a thread of its own through urllib3 (``bulkhttp``),
+which hashes each chunk as it sends it, fed chunk by chunk from the event loop,
+which goes on reading from the catalog meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import urllib3
 
@@ -71,49 +71,6 @@ def transient_for(status: int, retry_after: str | None, what: str) -> Transient 
     return None
 
 
-class _Hasher:
-    """SHA-256 on its own thread, so hashing one chunk overlaps sending the next.
-
-    hashlib releases the GIL on large buffers; on the event loop's thread the
-    hash alone would cap a transfer at one core's hashing speed. The queue is
-    bounded so a slow hasher holds back the stream instead of buffering it.
-    """
-
-    def __init__(self, depth: int = 8):
-        self._sha = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._thread.start()
-        self._digest: str | None = None
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._sha.update(chunk)
-
-    async def update(self, chunk: bytes) -> None:
-        try:
-            self._queue.put_nowait(chunk)
-        except queue.Full:
-            await asyncio.to_thread(self._queue.put, chunk)
-
-    async def hexdigest(self) -> str:
-        if self._digest is None:
-            await asyncio.to_thread(self._finish)
-            self._digest = self._sha.hexdigest()
-        return self._digest
-
-    def _finish(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def abandon(self) -> None:
-        """Stop the thread without waiting (the upload failed; the hash is not needed)."""
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            threading.Thread(target=self._queue.put, args=(None,), daemon=True).start()
-
-
 _END = object()
 
 
@@ -144,11 +101,21 @@ async def _read_ahead(chunks: AsyncIterator[bytes], depth: int) -> AsyncIterator
         await asyncio.gather(producer, return_exceptions=True)
 
 
+class _Last(NamedTuple):
+    """The body's final chunk, sent only if the whole body hashes to ``expected_sha256``."""
+
+    chunk: bytes
+    expected_sha256: str | None
+
+
 class _Sender(Generic[T]):
     """One blocking request on a thread of its own, its body fed chunk by chunk from the event loop.
 
-    At most ``depth`` chunks wait between the two sides, so a slow peer holds
-    back the read from the catalog instead of the master piling up in memory.
+    The thread also hashes each chunk (SHA-256) just before sending it: hashlib
+    releases the GIL, so the event loop goes on reading from the catalog
+    meanwhile, and the bytes are hashed exactly as they leave. At most
+    ``depth`` chunks wait between the two sides, so a slow peer holds back the
+    read from the catalog instead of the master piling up in memory.
     ``result`` settles when the request returns; a peer that answers before the
     body is all sent (a 403 on a bad signature) settles it early.
     """
@@ -157,6 +124,7 @@ class _Sender(Generic[T]):
         self._loop = asyncio.get_running_loop()
         self._chunks: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._space = asyncio.Semaphore(depth)
+        self.sha256 = hashlib.sha256()  # of the bytes sent; read it once ``result`` has settled
         self.result: asyncio.Future[T] = self._loop.create_future()
         self.result.add_done_callback(lambda _: self._space.release())  # wakes a put() waiting for room
         threading.Thread(target=self._run, args=(request,), name="upload", daemon=True).start()
@@ -185,9 +153,20 @@ class _Sender(Generic[T]):
             if isinstance(item, BaseException):
                 raise item
             self._loop.call_soon_threadsafe(self._space.release)
-            yield item  # type: ignore[misc]
+            if isinstance(item, _Last):
+                self.sha256.update(item.chunk)
+                actual = self.sha256.hexdigest()
+                if item.expected_sha256 is not None and actual != item.expected_sha256:
+                    # Raised inside the body: the PUT ends short of its Content-Length, nothing is stored.
+                    raise ChecksumMismatch(
+                        f"sha256 mismatch: the catalog lists {item.expected_sha256}, the bytes read hash to {actual}"
+                    )
+                yield item.chunk
+            else:
+                self.sha256.update(item)  # type: ignore[arg-type]
+                yield item  # type: ignore[misc]
 
-    async def put(self, chunk: bytes) -> bool:
+    async def put(self, chunk: bytes | _Last) -> bool:
         """Queue ``chunk``; False (and not queued) once the request has already returned."""
         await self._space.acquire()
         if self.result.done():
@@ -226,42 +205,35 @@ class Uploader:
         against the hash the upload computes anyway, before the last chunk leaves.
         """
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
-        hasher = _Hasher()
         sender = _Sender(lambda body: self._request(url, body, headers))
         try:
-            sent = await self._feed(sender, hasher, chunks, size, expected_sha256)
+            sent = await self._feed(sender, chunks, size, expected_sha256)
             status, retry_after, text = await sender.result
         except urllib3.exceptions.HTTPError as exc:
-            hasher.abandon()
             raise Transient(f"upload failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
         except BaseException:
             sender.abort()
-            hasher.abandon()
             raise
         if 200 <= status < 300:
             if sent != size:  # answered before the whole body went out: nothing says it was stored
                 raise Transient(f"upload answered {status} after {sent} of {size} bytes")
-            return Delivered(sent, await hasher.hexdigest(), status)
-        hasher.abandon()
+            return Delivered(sent, sender.sha256.hexdigest(), status)
         transient = transient_for(status, retry_after, "upload")
         if transient:
             raise transient
         raise Refused("upload", status, excerpt(text))
 
     @staticmethod
-    async def _feed(
-        sender: _Sender[Any], hasher: _Hasher, chunks: AsyncIterator[bytes], size: int, expected_sha256: str | None
-    ) -> int:
+    async def _feed(sender: _Sender[Any], chunks: AsyncIterator[bytes], size: int, expected_sha256: str | None) -> int:
         """Hand the chunks to the sender; the bytes handed over, fewer if the peer answered early."""
         # Each chunk goes out when the next one arrives, the last only once the source has ended
-        # cleanly and the checksums agree: a check that fails at the end (ours, or one the catalog
-        # makes, like Drive's md5) then cuts the PUT short of its Content-Length, so the store never
-        # keeps a whole object made of bad bytes.
+        # cleanly and the checksums agree: a check that fails at the end (the sender's SHA-256, or
+        # one the catalog makes, like Drive's md5) then cuts the PUT short of its Content-Length,
+        # so the store never keeps a whole object made of bad bytes.
         sent, held = 0, b""
         async for chunk in _read_ahead(chunks, depth=4):
             if sent + len(held) + len(chunk) > size:
                 raise SizeMismatch(f"master grew past its listed size of {size} bytes")
-            await hasher.update(chunk)
             if held:
                 if not await sender.put(held):
                     return sent
@@ -269,16 +241,10 @@ class Uploader:
             held = chunk
         if sent + len(held) != size:
             raise SizeMismatch(f"master ended at {sent + len(held)} of its listed {size} bytes")
-        if expected_sha256 is not None and (actual := await hasher.hexdigest()) != expected_sha256:
-            raise ChecksumMismatch(
-                f"sha256 mismatch: the catalog lists {expected_sha256}, the bytes read hash to {actual}"
-            )
-        if held:
-            if not await sender.put(held):
-                return sent
-            sent += len(held)
+        if not await sender.put(_Last(held, expected_sha256)):
+            return sent
         sender.end()
-        return sent
+        return sent + len(held)
 
     def _request(self, url: str, body: Iterator[bytes], headers: dict[str, str]) -> tuple[int, str | None, str]:
         """The PUT, on the sender's thread: status, Retry-After and the start of the answer's body."""
