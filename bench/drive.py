@@ -4,14 +4,14 @@ For each size, one run is:
 
 * baselines: the same bytes with no logic at all, GET from the double's
   ``alt=media`` URL (with a bearer token) into a PUT to the sink with a fixed
-  Content-Length: ``curl | curl``, and the same copy in Python with httpx (one
+  Content-Length: ``curl | curl``, and the same copy in Python with urllib3 (one
   streaming GET fed to one streaming PUT, no hashing: the fulfiller's own HTTP
   stack without the fulfiller);
 * fulfiller: a signed ``video.source_requested`` event POSTed to a fresh
   ``fulfiller serve`` process whose only catalog is ``type: drive`` on the
   double, timed until its completion callback reaches the sink (end to end:
-  receive, store, claim, token grant, folder walk, sniff, stream + md5 +
-  sha256, callback).
+  receive, store, claim, token grant, folder walk, one GET whose first chunk
+  is sniffed, stream + SHA-256 checked against Drive's sha256Checksum, callback).
 
 Both sides read from the same double, so its own serving speed is shared. It
 runs in its own process and serves each master from a file on disk, streamed
@@ -32,7 +32,6 @@ Needs Linux (/proc) and curl; imports the Drive double from tests/support.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -76,27 +75,30 @@ def serve_drive(spec_path: str) -> None:
         stop.wait()
 
 
-# --- the httpx baseline, in its own process --------------------------------------------------
+# --- the Python baseline, in its own process -------------------------------------------------
 
 
 def plain_copy(get_url: str, put_url: str, size: int) -> None:
-    """One streaming GET into one streaming PUT with httpx: what any Python copy would do.
+    """One streaming GET into one streaming PUT with urllib3 in 1 MiB reads: the fulfiller's own
+    HTTP stack with none of its logic (no hashing, no queueing between threads).
 
     Prints the copy's own seconds and CPU seconds (interpreter start-up and imports left out) as JSON.
     """
-    import httpx
-
-    async def main() -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            auth = {"Authorization": f"Bearer {BASELINE_TOKEN}", "Accept-Encoding": "identity"}
-            async with client.stream("GET", get_url, headers=auth) as source:
-                source.raise_for_status()
-                headers = {"Content-Type": "video/mp4", "Content-Length": str(size)}
-                response = await client.put(put_url, content=source.aiter_raw(), headers=headers)
-                response.raise_for_status()
+    import urllib3
 
     cpu, started = time.process_time(), time.perf_counter()
-    asyncio.run(main())
+    pool = urllib3.PoolManager()
+    auth = {"Authorization": f"Bearer {BASELINE_TOKEN}", "Accept-Encoding": "identity"}
+    source = pool.request("GET", get_url, headers=auth, preload_content=False, decode_content=False)
+    assert source.status == 200, source.status
+
+    def body() -> Any:
+        while chunk := source.read(1 << 20, decode_content=False):
+            yield chunk
+
+    headers = {"Content-Type": "video/mp4", "Content-Length": str(size)}
+    response = pool.request("PUT", put_url, body=body(), headers=headers, chunked=False)
+    assert response.status < 300, response.status
     print(json.dumps({"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu}))
 
 
@@ -107,11 +109,11 @@ def plain_copy(get_url: str, put_url: str, size: int) -> None:
 class Case:
     size: int
     curl_s: list[float] = field(default_factory=list)
-    httpx_s: list[float] = field(default_factory=list)
+    py_s: list[float] = field(default_factory=list)
     fulfiller_s: list[float] = field(default_factory=list)
     upload_s: list[float] = field(default_factory=list)  # the job's upload step alone, from its attempts
     curl_cpu: list[float] = field(default_factory=list)
-    httpx_cpu: list[float] = field(default_factory=list)
+    py_cpu: list[float] = field(default_factory=list)
     fulfiller_cpu: list[float] = field(default_factory=list)
     hwm_warm: int = 0
     hwm: int = 0
@@ -153,7 +155,7 @@ class Bench(Harness):
     # one plain copy
 
     def run_baseline(self, how: str, size: int, tag: str) -> tuple[float, float]:
-        """Seconds and CPU seconds of one plain copy, ``how`` being curl or httpx."""
+        """Seconds and CPU seconds of one plain copy, ``how`` being curl or python."""
         file_id = self.drive["files"][self.code(size)]
         get = f"{self.drive['api_endpoint']}files/{file_id}?alt=media&supportsAllDrives=true"
         put = f"{self.sink}/upload/{tag}"
@@ -190,16 +192,16 @@ class Bench(Harness):
                     seconds, cpu = self.run_baseline("curl", size, tag + "-curl")
                     case.curl_s.append(seconds)
                     case.curl_cpu.append(cpu)
-                    seconds, cpu = self.run_baseline("httpx", size, tag + "-httpx")
-                    case.httpx_s.append(seconds)
-                    case.httpx_cpu.append(cpu)
+                    seconds, cpu = self.run_baseline("python", size, tag + "-py")
+                    case.py_s.append(seconds)
+                    case.py_cpu.append(cpu)
                     cpu = process_cpu(proc.pid)  # the whole run, the admin API's job lookups included
                     e2e, up, _ = self.run_fulfiller(base, size, tag)
                     case.fulfiller_cpu.append(process_cpu(proc.pid) - cpu)
                     case.fulfiller_s.append(e2e)
                     case.upload_s.append(up)
                     print(f"  {human(size):>5} run {i + 1}: curl {mibps(size, case.curl_s[-1]):6.0f}"
-                          f"  httpx {mibps(size, case.httpx_s[-1]):6.0f}"
+                          f"  python {mibps(size, case.py_s[-1]):6.0f}"
                           f"  fulfiller {mibps(size, e2e):6.0f} (upload step {mibps(size, up):6.0f}) MiB/s",
                           flush=True)
             cases.append(case)
@@ -210,22 +212,22 @@ def report(cases: list[Case], chunk_bytes: int) -> bool:
     print()
     print(f"Drive double -> sink, worker.chunk_bytes={chunk_bytes}, median of each side's runs")
     print("throughput in MiB/s; CPU in seconds per GiB moved; RSS in MB (10^6 bytes)")
-    print(f"{'size':>5} | {'curl':>5} {'httpx':>5} {'fulf.':>5} {'upload':>6} | {'ratio/curl':>10} {'ratio/httpx':>11} "
-          f"| {'cpu curl':>8} {'httpx':>5} {'fulf.':>5} | {'VmHWM':>6} {'(warm)':>6} {'VmRSS':>6}")
+    print(f"{'size':>5} | {'curl':>5} {'py':>5} {'fulf.':>5} {'upload':>6} | {'ratio/curl':>10} {'ratio/py':>8} "
+          f"| {'cpu curl':>8} {'py':>5} {'fulf.':>5} | {'VmHWM':>6} {'(warm)':>6} {'VmRSS':>6}")
     ok = True
     for c in cases:
-        curl, plain = mibps(c.size, statistics.median(c.curl_s)), mibps(c.size, statistics.median(c.httpx_s))
+        curl, plain = mibps(c.size, statistics.median(c.curl_s)), mibps(c.size, statistics.median(c.py_s))
         full, up = mibps(c.size, statistics.median(c.fulfiller_s)), mibps(c.size, statistics.median(c.upload_s))
         per_gib = (1 << 30) / c.size
-        cpu = [statistics.median(x) * per_gib for x in (c.curl_cpu, c.httpx_cpu, c.fulfiller_cpu)]
+        cpu = [statistics.median(x) * per_gib for x in (c.curl_cpu, c.py_cpu, c.fulfiller_cpu)]
         ok &= full / curl >= 0.9 and c.hwm < 150e6
         print(f"{human(c.size):>5} | {curl:5.0f} {plain:5.0f} {full:5.0f} {up:6.0f} | {full / curl:10.2f} "
-              f"{full / plain:11.2f} | {cpu[0]:8.2f} {cpu[1]:5.2f} {cpu[2]:5.2f} "
+              f"{full / plain:8.2f} | {cpu[0]:8.2f} {cpu[1]:5.2f} {cpu[2]:5.2f} "
               f"| {c.hwm / 1e6:6.1f} {c.hwm_warm / 1e6:6.1f} {c.rss / 1e6:6.1f}")
     print()
-    print("curl = curl GET (bearer token) | curl PUT; httpx = one streaming GET fed to one PUT, in Python;")
+    print("curl = curl GET (bearer token) | curl PUT; py = one streaming GET fed to one PUT, in Python (urllib3);")
     print("fulf. = the fulfiller end to end, event POST to callback received; upload = its upload step alone")
-    print("(Drive GET, md5 + sha256, PUT); ratios are of the end-to-end figure")
+    print("(Drive GET, SHA-256 checked against Drive's sha256Checksum, PUT); ratios are of the end-to-end figure")
     print("goals: ratio/curl >= 0.9, VmHWM < 150 MB and flat across sizes:", "met" if ok else "NOT met")
     return ok
 

@@ -1,7 +1,9 @@
 """Intake benchmark: signed deliveries per second and ack latency, against a do-nothing baseline.
 
 Two servers in the same run, with the same uvicorn settings as ``fulfiller serve``
-(``uvicorn.run(app, host, port, log_config=None, access_log=False)``):
+(``uvicorn.run(app, host, port, log_config=None, access_log=False)``, whose "auto" loop
+and HTTP parser are uvloop and httptools when installed, as ``uvicorn[standard]`` does;
+the run's first line says which):
 
 * fulfiller: ``fulfiller serve --no-worker`` on a fresh config whose ``state`` is
   ``--state`` (default: a new SQLite file, which the store opens with WAL and
@@ -84,6 +86,15 @@ def run_bare(host: str, port: int) -> None:
     import uvicorn
 
     uvicorn.run(bare_app(), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=35)
+
+
+def server_stack() -> str:
+    """The event loop and HTTP parser uvicorn's "auto" settings pick, for both servers alike."""
+    from importlib.util import find_spec
+
+    loop = "uvloop" if find_spec("uvloop") else "asyncio"
+    http = "httptools" if find_spec("httptools") else "h11"
+    return f"{loop} + {http}"
 
 
 def free_port() -> int:
@@ -499,7 +510,7 @@ def main() -> int:
     pacing = f"paced at {args.rate:g}/s" if args.rate else "closed loop"
     print(f"{args.concurrency} concurrent {args.client} senders in {args.senders} process(es), {pacing}; "
           f"{span} per side in {rounds} alternating round(s), after {args.warmup} warm-up deliveries; "
-          f"{os.cpu_count()} CPU(s); state {state.split('://')[0]}"
+          f"{os.cpu_count()} CPU(s); uvicorn on {server_stack()}; state {state.split('://')[0]}"
           f"{' (temp file, WAL, synchronous=FULL)' if not args.state else ''}")
     runs: dict[str, list[Result]] = {side: [] for side in sides}
     servers: dict[str, Server] = {}

@@ -17,6 +17,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,11 @@ def restore_logging() -> Iterator[None]:
     names = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx")
     loggers = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate,
                    logging.getLogger(n).disabled) for n in names}
+    switches = ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile")
+    gathered = {name: getattr(logging, name) for name in switches}
     yield
+    for name, value in gathered.items():
+        setattr(logging, name, value)
     root.handlers[:], root.level = saved[0], saved[1]
     for n, (handlers, level, propagate, disabled) in loggers.items():
         lg = logging.getLogger(n)
@@ -154,6 +159,21 @@ def test_setup_logging_writes_json_lines_to_stderr(restore_logging: None, monkey
     assert parsed[0]["event_id"] == "evt_s"
     assert [p["logger"] for p in parsed] == ["fulfiller.test", "uvicorn.error"]
     assert SIGNATURE not in err.getvalue()
+
+
+def test_json_timestamps_match_datetime_to_the_millisecond() -> None:
+    # The formatter caches the date and time of the current second; the line must not drift from datetime's.
+    for created in (0.0, 1.9995, 1_700_000_000.0004996, 1_700_000_059.9999996, 1_700_000_060.001, 4_102_444_799.999):
+        rec = record("tick")
+        rec.created = created
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert json.loads(JsonFormatter().format(rec))["ts"] == expected
+
+
+def test_setup_logging_keeps_records_lean(restore_logging: None) -> None:
+    # Nothing we write uses a record's thread, process or calling frame; gathering them costs every line.
+    setup_logging("json", "INFO")
+    assert not (logging.logThreads or logging.logProcesses or logging.logMultiprocessing or logging._srcfile)
 
 
 def test_fields_are_the_documented_set() -> None:

@@ -129,6 +129,8 @@ def test_new_event_is_stored_with_its_job_then_acked_202(server: Server) -> None
     response = server.deliver(body, event_id="evt_first")
     assert response.status_code == 202
     assert response.json() == {"status": "accepted", "event_id": "evt_first"}
+    assert response.headers["content-type"] == "application/json"  # as Starlette's JSONResponse said it
+    assert response.content == b'{"status":"accepted","event_id":"evt_first"}'
     stored = server.events()["evt_first"]
     assert stored["topic"] == REQUESTED
     assert stored["body"] == body.decode()  # the raw body, byte for byte

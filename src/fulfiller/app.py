@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from fulfiller.admin import AdminApi
 from fulfiller.config import Config
@@ -21,6 +23,27 @@ log = logging.getLogger("fulfiller.app")
 
 # Something started with the app and stopped with it (the worker pool).
 Service = Callable[[Store, Metrics], contextlib.AbstractAsyncContextManager[object]]
+
+
+class _App(Starlette):
+    """Starlette, with each webhook POST handed straight to the receiver.
+
+    Every delivery would otherwise pass two middlewares and the router first, for
+    nothing: an error still ends as a 500 (uvicorn answers it, as Starlette would),
+    and other methods on the path, or other paths, take Starlette's way (405, 404).
+    """
+
+    def __init__(self, receiver: Receiver, path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._receiver = receiver
+        self._path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self._path \
+                and not scope.get("root_path"):
+            await self._receiver(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(config: Config, *, store: Store | None = None, service: Service | None = None) -> Starlette:
@@ -43,7 +66,8 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
         return Response(await metrics.render(store), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
-        Route(config.receiver.path, receiver.handle, methods=["POST"]),
+        # POSTs go straight to the receiver (_App); this route answers the other methods 405.
+        Route(config.receiver.path, receiver, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -63,7 +87,7 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
         finally:
             await store.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = _App(receiver, config.receiver.path, routes=routes, lifespan=lifespan)
     app.state.store = store
     app.state.metrics = metrics
     return app

@@ -23,6 +23,7 @@ SOURCE_FULFILLED = "video.source_fulfilled"
 SOURCE_REJECTED = "video.source_rejected"
 SOURCE_TIMEOUT = "video.source_timeout"
 LIFECYCLE_STATUS = {SOURCE_FULFILLED: "fulfilled", SOURCE_REJECTED: "rejected", SOURCE_TIMEOUT: "timed_out"}
+TOPICS = frozenset({SOURCE_REQUESTED, *LIFECYCLE_STATUS})
 
 _ASPECT = re.compile(r"^[1-9][0-9]*x[1-9][0-9]*$")
 MAX_INT = 2**63 - 1  # the widest integer a database column (SQLite INTEGER, PostgreSQL BIGINT) holds

@@ -7,6 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fulfiller import jobs
+from fulfiller.events import TOPICS
 from fulfiller.store.base import Store, StoreUnavailable
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -46,6 +47,21 @@ class Metrics:
             registry=r,
         )
         self.retries = Counter("fulfiller_retries_total", "Retried tries, by step", ["step"], registry=r)
+        self._delivered: dict[tuple[str, str], Counter] = {}
+
+    def delivery(self, topic: str, outcome: str, ack_s: float) -> None:
+        """Count one delivery and its ack latency (once per request: the labelled child is looked up once).
+
+        The topic comes from a header, read before the signature is checked: any topic
+        but the platform's is counted as "other" (or "unknown" when absent), so requests
+        cannot mint a new time series each.
+        """
+        topic = topic if topic in TOPICS else "other" if topic else "unknown"
+        child = self._delivered.get((topic, outcome))
+        if child is None:
+            child = self._delivered[(topic, outcome)] = self.deliveries.labels(topic, outcome)
+        child.inc()
+        self.ack_latency.observe(ack_s)
 
     async def render(self, store: Store) -> bytes:
         """The exposition text, with queue gauges read from the store at scrape time."""

@@ -96,6 +96,29 @@ async def test_a_write_that_raises_spoils_no_neighbour(store: Store) -> None:
     assert len(listed) == 10 and {j.error for j in listed} == {None}
 
 
+async def test_ingests_sharing_a_commit_come_out_as_one_at_a_time(store: Store) -> None:
+    # SQLite stores a batch's new events with multi-row statements: duplicates (stored before, or twice
+    # in the batch), an early lifecycle event, invalid and unknown events must come out as they do alone.
+    key = f"fb-external/{PROJECT}/HRT-50/v1/en/9x16.video"
+    assert await store.ingest(event("evt-early", TIMEOUT, lifecycle_body(key=key))) is True
+    old = await ingest_job(store, "evt-old", code="HRT-OLD")
+    broken = request_body(code="HRT-BAD")
+    del broken["creative"]["kind"]
+    news = [requested(f"evt-b{i}", code=f"HRT-B{i}") for i in range(20)]
+    late = requested("evt-late", code="HRT-50", variation=1, key=key)
+    invalid = event("evt-bad", REQUESTED, broken)
+    batch = [*news, requested("evt-old", code="HRT-OLD"), requested("evt-b3", code="HRT-OTHER"), late, invalid,
+             event("evt-other", "something.else", {"hello": "world"})]
+    results = await asyncio.gather(*(store.ingest(e) for e in batch))
+    assert results == [True] * 20 + [False, False, True, True, True]
+    listed = {j.event_id: j for j in await store.list_jobs(limit=100)}
+    assert len(listed) == 1 + 20 + 2 and listed["evt-old"].id == old.id
+    assert listed["evt-b3"].code == "HRT-B3"  # the first of the two
+    assert listed["evt-b7"].payload == news[7].job.payload  # type: ignore[union-attr]
+    assert listed["evt-late"].status == jobs.TIMED_OUT
+    assert listed["evt-bad"].status == jobs.INVALID
+
+
 # -- lifecycle events ----------------------------------------------------------------------
 
 

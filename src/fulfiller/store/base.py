@@ -26,9 +26,9 @@ class IncomingEvent:
 
     event_id: str
     topic: str
-    body: str
+    body: str  # the JSON text as received; the store keeps it as the job's payload too
     received_at: float
-    job: Job | None = None  # the job a video.source_requested creates
+    job: Job | None = None  # the job a video.source_requested creates (its payload is ``body`` parsed)
     lifecycle: Lifecycle | None = None  # the job status a follow-up event sets
     note: str | None = None  # why nothing else happens (unknown topic, unreadable lifecycle)
 

@@ -42,8 +42,8 @@ import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from fulfiller.store.base import IncomingEvent, StoreUnavailable
-from fulfiller.store.sql import Dialect, SqlStore
+from fulfiller.store.base import StoreUnavailable
+from fulfiller.store.sql import Dialect, Ingest, SqlStore
 
 log = logging.getLogger("fulfiller.store.postgres")
 
@@ -91,6 +91,9 @@ class PostgresStore(SqlStore):
     pool_reconnect_s = 2.0  # how long the readers' pool keeps retrying one connection in the background
     listen_check_s = 15.0  # how often an idle LISTEN connection proves it is alive
     batch_retries = 5  # deadlock / serialization failures: run the batch again this many times
+    # A batch runs its ingests one by one, in event-id order, each under _guard (see _run_batch);
+    # each costs a round trip, but lock order across receivers is what keeps them from deadlocking.
+    bulk_ingest = False
 
     def __init__(self, url: str):
         super().__init__()
@@ -188,13 +191,6 @@ class PostgresStore(SqlStore):
         except Exception as exc:
             raise StoreUnavailable(f"store read failed: {type(exc).__name__}: {self._redact(str(exc))}") from None
 
-    async def ingest(self, event: IncomingEvent) -> bool:
-        # As SqlStore's, with the write tagged by its event id so a batch can order its ingests.
-        stored = await self._write(_Ordered(event.event_id, lambda cur: self._ingest(cur, event)))
-        if stored and event.job is not None:
-            self._wake()
-        return stored
-
     def _run_batch(self, conn: Any, fns: list[Callable[[Any], Any]]) -> list[Any]:
         # Receivers given the same events (a sender retries against any replica) insert the
         # same rows; a batch that inserts its events in event-id order takes those row locks
@@ -202,7 +198,7 @@ class PostgresStore(SqlStore):
         # in a cycle. Other writes keep their order, after the ingests.
         def place(i: int) -> tuple[int, str, int]:
             fn = fns[i]
-            return (0, fn.key, i) if isinstance(fn, _Ordered) else (1, "", i)
+            return (0, fn.event.event_id, i) if isinstance(fn, Ingest) else (1, "", i)
 
         order = sorted(range(len(fns)), key=place)
         guarded = [self._guard(fns[i]) for i in order]
@@ -334,19 +330,6 @@ class PostgresStore(SqlStore):
             if self._stop_listening.wait(backoff):
                 break
             backoff = min(backoff * 2, 5.0)
-
-
-class _Ordered:
-    """A write that knows its place in a batch (ingests, by event id)."""
-
-    __slots__ = ("key", "fn")
-
-    def __init__(self, key: str, fn: Callable[[Any], Any]):
-        self.key = key
-        self.fn = fn
-
-    def __call__(self, cur: Any) -> Any:
-        return self.fn(cur)
 
 
 class _DatabaseError(StoreUnavailable):

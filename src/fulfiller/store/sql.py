@@ -1,16 +1,24 @@
 """The store on a SQL database, shared by the SQLite and PostgreSQL backends.
 
 Writes go through one writer thread that commits them in groups: while one
-commit waits on fsync, new writes queue up and share the next one. Each write
-runs in its own savepoint so one failing write never spoils its neighbours,
+commit waits on fsync, new writes queue up and share the next one. A write
+that fails is undone alone (its batch runs again with a savepoint per write),
 and each caller is answered only after the commit that holds its write.
 Reads use their own connections and never wait behind a commit.
+
+The writer thread takes the interpreter lock (GIL) back after every statement,
+and while the event loop is busy each take can wait a whole switch interval
+(5 ms): a batch of new events is therefore stored with a few multi-row
+statements, not a few statements per event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
+import operator
 import queue
 import threading
 import time
@@ -46,6 +54,13 @@ JOB_COLUMNS = (
 # What a worker may record on a job it holds.
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+_PAYLOAD = JOB_COLUMNS.index("payload")
+_job_columns = operator.attrgetter(*JOB_COLUMNS)  # a Job's column values as a tuple, in one call
+_INSERT_JOBS = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES"
+_INSERT_EVENTS = "INSERT INTO events (event_id, topic, received_at, body, note) VALUES"
+# The ids of these events already stored, and a NULL row if any lifecycle event still waits for its job.
+_KNOWN_AND_PENDING = ("SELECT event_id FROM events WHERE event_id IN ({marks}) UNION ALL SELECT NULL FROM"
+                      " (SELECT 1 FROM events WHERE lc_status IS NOT NULL AND applied_job IS NULL LIMIT 1)")
 _PENDING_LC = ("SELECT event_id, lc_status, lc_reason, received_at FROM events"
                " WHERE lc_status IS NOT NULL AND applied_job IS NULL AND ")
 _EARLY_LIFECYCLE = (
@@ -149,6 +164,7 @@ class SqlStore(Store):
 
     dialect: Dialect
     max_batch = 256
+    bulk_ingest = True  # store a batch's new events with multi-row statements (see _run_writes)
 
     def __init__(self) -> None:
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -268,13 +284,27 @@ class SqlStore(Store):
         cur = conn.cursor()
         cur.execute(self.dialect.begin)  # a lock not granted in time fails the batch here, once
         try:
-            results = [fn(cur) for fn in fns]
+            results = self._run_writes(cur, fns)
             self._before_commit(cur)
         except Exception as exc:
             cur.execute("ROLLBACK")  # a dead connection raises here: the whole batch fails
             self._rolled_back(exc)
             return None
         cur.execute("COMMIT")
+        return results
+
+    def _run_writes(self, cur: Any, fns: list[Callable[[Any], Any]]) -> list[Any]:
+        """Each write's result, in order. The ingests that only add rows (no lifecycle to match) go first,
+        all together; the writes of one batch commit together, so their order within it is free."""
+        many = {i: fn.event for i, fn in enumerate(fns) if isinstance(fn, Ingest) and fn.event.lifecycle is None}
+        if not self.bulk_ingest or len(many) < 2:
+            return [fn(cur) for fn in fns]
+        results: list[Any] = [None] * len(fns)
+        for i, stored in zip(many, self._ingest_many(cur, list(many.values()))):
+            results[i] = stored
+        for i, fn in enumerate(fns):
+            if i not in many:
+                results[i] = fn(cur)
         return results
 
     def _run_savepointed(self, conn: Any, fns: list[Callable[[Any], Any]]) -> list[Any]:
@@ -354,7 +384,7 @@ class SqlStore(Store):
         await self._write(lambda cur: self._x(cur, "SELECT ?", (now,)).fetchone())
 
     async def ingest(self, event: IncomingEvent) -> bool:
-        stored = await self._write(lambda cur: self._ingest(cur, event))
+        stored = await self._write(Ingest(self, event))
         if stored and event.job is not None:
             self._wake()
         return stored
@@ -376,7 +406,7 @@ class SqlStore(Store):
         if cur.rowcount == 0:
             return False
         if ev.job is not None:
-            self._insert_job(cur, ev.job)
+            self._x(cur, _rows_sql(_INSERT_JOBS, len(JOB_COLUMNS), 1), _job_values(ev.job, ev.body))
             self._apply_early_lifecycle(cur, ev.job)
             if ev.job.status == jobs.QUEUED:
                 self._queued(cur)
@@ -386,11 +416,37 @@ class SqlStore(Store):
                 self._apply_lifecycle(cur, ev.event_id, job_id, lc.status, lc.reason, ev.received_at)
         return True
 
-    def _insert_job(self, cur: Any, job: Job) -> None:
-        values = [getattr(job, c) for c in JOB_COLUMNS]
-        values[JOB_COLUMNS.index("payload")] = json.dumps(job.payload)
-        marks = ", ".join("?" for _ in JOB_COLUMNS)
-        self._x(cur, f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", tuple(values))
+    def _ingest_many(self, cur: Any, evs: list[IncomingEvent]) -> list[bool]:
+        """``_ingest`` for events without a lifecycle, with one statement per step for them all.
+
+        Under the batch's write lock nobody else inserts, so the ids found here are all the
+        duplicates; should an insert clash anyway, it raises and the batch runs write by write.
+        """
+        found = self._x(cur, _KNOWN_AND_PENDING.format(marks=_marks(len(evs))),
+                        tuple(ev.event_id for ev in evs)).fetchall()
+        seen = {row[0] for row in found}
+        lifecycle_pending = None in seen
+        stored: list[bool] = []
+        new: list[IncomingEvent] = []
+        for ev in evs:
+            stored.append(ev.event_id not in seen)
+            if stored[-1]:
+                seen.add(ev.event_id)
+                new.append(ev)
+        if not new:
+            return stored
+        self._x(cur, _rows_sql(_INSERT_EVENTS, 5, len(new)), tuple(itertools.chain.from_iterable(
+            (ev.event_id, ev.topic, ev.received_at, ev.body, ev.note) for ev in new)))
+        made = [(ev.job, ev.body) for ev in new if ev.job is not None]
+        if made:
+            self._x(cur, _rows_sql(_INSERT_JOBS, len(JOB_COLUMNS), len(made)),
+                    tuple(itertools.chain.from_iterable(_job_values(job, body) for job, body in made)))
+            if lifecycle_pending:  # rare: look for each job's, as _ingest does
+                for job, _ in made:
+                    self._apply_early_lifecycle(cur, job)
+            if any(job.status == jobs.QUEUED for job, _ in made):
+                self._queued(cur)
+        return stored
 
     def _match_job(self, cur: Any, lc: Lifecycle) -> str | None:
         if lc.storage_key:
@@ -618,6 +674,36 @@ class SqlStore(Store):
             return Stats({s: int(n) for s, n in counts}, oldest)
 
         return await self._read(op)
+
+
+class Ingest:
+    """An ingest, as a write: callable like any other, and recognisable so a batch can store many at once."""
+
+    __slots__ = ("store", "event")
+
+    def __init__(self, store: SqlStore, event: IncomingEvent):
+        self.store = store
+        self.event = event
+
+    def __call__(self, cur: Any) -> bool:
+        return self.store._ingest(cur, self.event)
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rows_sql(head: str, width: int, rows: int) -> str:
+    """``head`` followed by ``rows`` tuples of ``width`` placeholders (batch sizes repeat: built once each)."""
+    row = f"({_marks(width)})"
+    return f"{head} {', '.join([row] * rows)}"
+
+
+def _job_values(job: Job, body: str) -> tuple[Any, ...]:
+    """The job's column values, its payload stored as the event's body text: the same JSON, not encoded again."""
+    values = _job_columns(job)
+    return (*values[:_PAYLOAD], body, *values[_PAYLOAD + 1:])
 
 
 def _coords_tuple(lc: Lifecycle) -> tuple[str, str, int, str]:
