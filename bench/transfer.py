@@ -23,7 +23,6 @@ Needs Linux (/proc), curl, and the project's test extras (moto[server]) for S3.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import subprocess
@@ -36,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    MiB, WARMUP, Harness, arg_parser, children_cpu, free_port, human, make_master, mibps, run_bench, wait_until,
+    MiB, WARMUP, Harness, arg_parser, children_cpu, free_port, human, make_master, mibps, run_bench, sha256_speed,
+    wait_until,
 )
 
 LOAD_AT_START = os.getloadavg()
@@ -169,16 +169,6 @@ class Bench(Harness):
                               f"  fulfiller {mbps(size, e2e)} (upload step {mbps(size, up)})", flush=True)
                 cases.append(case)
         return cases
-
-
-def sha256_speed(total: int = 256 * MiB) -> float:
-    """MiB/s of hashlib's SHA-256 on this core now: the most any transfer that hashes every byte can reach."""
-    block = os.urandom(4 * MiB)
-    sha = hashlib.sha256()
-    started = time.perf_counter()
-    for _ in range(total // len(block)):
-        sha.update(block)
-    return total / (time.perf_counter() - started) / MiB
 
 
 def mbps(size: int, seconds: float) -> str:
