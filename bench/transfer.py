@@ -2,9 +2,11 @@
 
 For each source (local catalog, S3 on moto) and each size, one run is:
 
-* baseline: the same bytes moved with no logic at all: ``curl -T file`` for the
-  local catalog, ``curl GET | curl PUT`` (a fixed Content-Length, not chunked)
-  from the same moto server for S3;
+* baseline: the same bytes moved with no logic at all, a plain streaming GET
+  piped to a PUT with a fixed Content-Length (not chunked): ``curl GET | curl PUT``,
+  the GET from the same moto server for S3, of a ``file://`` URL for the local
+  catalog; for the local catalog also ``curl -T file`` ("direct": no pipe, the
+  fastest way any program sends a file), reported beside it;
 * fulfiller: a signed ``video.source_requested`` event POSTed to a fresh
   ``fulfiller serve`` process, timed until its completion callback arrives
   (end to end: receive, store, claim, resolve, sniff, stream + hash, callback).
@@ -59,6 +61,7 @@ class Case:
     upload_s: list[float] = field(default_factory=list)  # the upload step alone, from the job's attempts
     baseline_cpu: list[float] = field(default_factory=list)  # CPU seconds of the curl processes
     fulfiller_cpu: list[float] = field(default_factory=list)  # CPU seconds of the fulfiller process, all threads
+    direct_s: list[float] = field(default_factory=list)  # local only: curl -T of the file, no pipe
     sha256_mibps: list[float] = field(default_factory=list)  # hashlib's SHA-256 on one core, right after the baseline
     hwm_warm: int = 0
     hwm: int = 0
@@ -117,16 +120,20 @@ class Bench(Harness):
 
     # one plain copy
 
-    def run_baseline(self, size: int, tag: str) -> float:
+    def run_baseline(self, size: int, tag: str, direct: bool = False) -> float:
+        """Seconds for curl GET | curl PUT of the master, or with ``direct`` (local only) curl -T of its file."""
         code = self.code(size)
         url = f"{self.sink}/upload/{tag}"
         if self.current_source == "local":
             path = self.masters / code / "v2" / "en" / "9x16.mp4"
-            cmd = ["curl", "-sS", "-f", "--max-time", "600", "-o", os.devnull, "-H", "Expect:",
-                   "-H", "Content-Type: video/mp4", "-T", str(path), url]
+            get = path.as_uri()
         else:
             get = self.s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET,
                                                                        "Key": f"{code}/v2/en/9x16.mp4"})
+        if direct:
+            cmd = ["curl", "-sS", "-f", "--max-time", "600", "-o", os.devnull, "-H", "Expect:",
+                   "-H", "Content-Type: video/mp4", "-T", str(path), url]
+        else:
             # curl -T - would send chunked: drop Transfer-Encoding and state the length instead.
             cmd = ["bash", "-o", "pipefail", "-c",
                    f"curl -sS -f --max-time 600 '{get}' | curl -sS -f --max-time 600 -o {os.devnull} -T - "
@@ -160,6 +167,8 @@ class Bench(Harness):
                         tag = f"{source}-{human(size)}-{i}-{uuid.uuid4().hex[:6]}"
                         case.baseline_s.append(self.run_baseline(size, tag + "-base"))
                         case.baseline_cpu.append(self.cpu["baseline"])
+                        if source == "local":
+                            case.direct_s.append(self.run_baseline(size, tag + "-direct", direct=True))
                         case.sha256_mibps.append(sha256_speed())
                         e2e, up, cpu = self.run_fulfiller(base, size, tag)  # CPU from the POST to the callback
                         case.fulfiller_s.append(e2e)
@@ -179,7 +188,8 @@ def report(cases: list[Case]) -> bool:
     print()
     print("median of each side's runs; throughput in MiB/s; CPU in seconds per GiB moved; RSS in MB (10^6 bytes)")
     print(f"{'source':6} {'size':>5} | {'baseline':>8} {'fulfiller':>9} {'ratio':>6} | {'upload':>7} {'ratio':>6} "
-          f"| {'cpu base':>8} {'cpu fulf':>8} | {'VmHWM':>6} {'(warm)':>6} {'VmRSS':>6} | {'sha256':>6} {'ceil':>5}")
+          f"| {'cpu base':>8} {'cpu fulf':>8} | {'VmHWM':>6} {'(warm)':>6} {'VmRSS':>6} | {'sha256':>6} {'ceil':>5} "
+          f"| {'direct':>6} {'ratio':>5}")
     ok = True
     for c in cases:
         gib = c.size / (1 << 30)
@@ -191,8 +201,12 @@ def report(cases: list[Case]) -> bool:
         print(f"{c.source:6} {human(c.size):>5} | {base:8.0f} {full:9.0f} {ratio:6.2f} | {up:7.0f} {up_ratio:6.2f} "
               f"| {statistics.median(c.baseline_cpu) / gib:8.2f} {statistics.median(c.fulfiller_cpu) / gib:8.2f} "
               f"| {c.hwm / 1e6:6.1f} {c.hwm_warm / 1e6:6.1f} {c.rss / 1e6:6.1f} "
-              f"| {statistics.median(c.sha256_mibps):6.0f} {statistics.median(c.sha256_mibps) / base:5.2f}")
+              f"| {statistics.median(c.sha256_mibps):6.0f} {statistics.median(c.sha256_mibps) / base:5.2f} "
+              + (f"| {(direct := c.size / statistics.median(c.direct_s) / MiB):6.0f} {full / direct:5.2f}"
+                 if c.direct_s else f"| {'-':>6} {'-':>5}"))
     print()
+    print("baseline = curl GET | curl PUT (file:// for local); direct = curl -T of the file (local only),")
+    print("  ratio = fulfiller / direct")
     print("fulfiller = end to end, event POST to callback received; upload = the job's upload step alone;")
     print("cpu base = the curl processes; cpu fulf = the whole fulfiller process (all threads)")
     print("(warm) = VmHWM after the 64 KiB warm-up job, before the measured runs")
