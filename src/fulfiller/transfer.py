@@ -22,7 +22,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import urllib3
 
-from fulfiller.bulkhttp import bulk_pool, release
+from fulfiller.bulkhttp import BulkHttp, release
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient, parse_retry_after
 
@@ -189,7 +189,7 @@ class Uploader:
     """PUTs masters to pre-signed URLs; one per worker process, shared by its jobs."""
 
     def __init__(self, timeout_s: float, max_connections: int):
-        self._pool = bulk_pool(timeout_s, max_connections, redirects=0)
+        self._pool = BulkHttp(timeout_s, max_connections, redirects=0)
 
     async def put(
         self,

@@ -37,7 +37,7 @@ from googleapiclient.http import HttpRequest
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
-from fulfiller.bulkhttp import bulk_pool, release
+from fulfiller.bulkhttp import BulkHttp, release
 from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
 from fulfiller.config import DriveCatalogConfig
 from fulfiller.media import rank
@@ -219,7 +219,7 @@ class DriveCatalog(Catalog):
             cache_discovery=False,
         )
         self._local = threading.local()  # httplib2 is not thread-safe: one authorized Http per worker thread
-        self._pool = bulk_pool(timeout_s, _MAX_DOWNLOADS, redirects=5)
+        self._pool = BulkHttp(timeout_s, _MAX_DOWNLOADS, redirects=5)
         self._auth_lock = asyncio.Lock()
         self._root: _Folder | None = None
         self._root_name = ""
