@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ def uploader() -> Iterator[Uploader]:
     up.close()
 
 
-async def chunks(data: bytes, size: int = CHUNK) -> AsyncIterator[bytes]:
+async def chunks(data: bytes, size: int = CHUNK) -> AsyncGenerator[bytes, None]:
     for offset in range(0, len(data), size):
         yield data[offset : offset + size]
 

@@ -25,7 +25,6 @@ FIELDS = (
 
 # The receiver writes a line per delivery: these keep that line cheap (see JsonFormatter).
 _encode = json.JSONEncoder(default=str).encode
-_second: tuple[int, str] = (-1, "")
 
 
 def _redact(text: str) -> str:
@@ -34,15 +33,12 @@ def _redact(text: str) -> str:
 
 
 def _utc_ms(ts: float) -> str:
-    """``ts`` as RFC 3339 UTC with milliseconds, as datetime would write it; one strftime per second."""
-    global _second
+    """``ts`` as RFC 3339 UTC with milliseconds, as datetime would write it, without building a datetime."""
     frac, whole = math.modf(ts)
     second, us = int(whole), round(frac * 1e6)  # datetime.fromtimestamp's rounding, truncated to ms below
     if us >= 1_000_000:
         second, us = second + 1, us - 1_000_000
-    if _second[0] != second:
-        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second[1]}.{us // 1000:03d}Z"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{us // 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,10 +13,11 @@ which goes on reading from the catalog meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -74,33 +75,6 @@ def transient_for(status: int, retry_after: str | None, what: str) -> Transient 
 _END = object()
 
 
-async def _read_ahead(chunks: AsyncIterator[bytes], depth: int) -> AsyncIterator[bytes]:
-    """``chunks``, with up to ``depth`` of them fetched while the earlier ones are being sent.
-
-    Without it, reading the next chunk from the catalog waits until the last one is
-    on the wire, so the transfer runs at the sum of both latencies rather than the slower.
-    """
-    ahead: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
-
-    async def produce() -> None:
-        try:
-            async for chunk in chunks:
-                await ahead.put(chunk)
-            await ahead.put(_END)
-        except Exception as exc:  # handed to the consumer, which raises it in order
-            await ahead.put(exc)
-
-    producer = asyncio.create_task(produce())
-    try:
-        while (item := await ahead.get()) is not _END:
-            if isinstance(item, Exception):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
-
-
 class _Last(NamedTuple):
     """The body's final chunk, sent only if the whole body hashes to ``expected_sha256``."""
 
@@ -112,10 +86,11 @@ class _Sender(Generic[T]):
     """One blocking request on a thread of its own, its body fed chunk by chunk from the event loop.
 
     The thread also hashes each chunk (SHA-256) just before sending it: hashlib
-    releases the GIL, so the event loop goes on reading from the catalog
-    meanwhile, and the bytes are hashed exactly as they leave. At most
-    ``depth`` chunks wait between the two sides, so a slow peer holds back the
-    read from the catalog instead of the master piling up in memory.
+    releases the GIL, so the event loop goes on reading the next chunks from the
+    catalog meanwhile, and the bytes are hashed exactly as they leave. At most
+    ``depth`` chunks wait between the two sides: reading runs ahead of sending
+    by that much, and a slow peer holds back the read from the catalog instead
+    of the master piling up in memory.
     ``result`` settles when the request returns; a peer that answers before the
     body is all sent (a 403 on a bad signature) settles it early.
     """
@@ -194,7 +169,7 @@ class Uploader:
     async def put(
         self,
         url: str,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncGenerator[bytes, None],
         size: int,
         content_type: str,
         expected_sha256: str | None = None,
@@ -207,7 +182,8 @@ class Uploader:
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         sender = _Sender(lambda body: self._request(url, body, headers))
         try:
-            sent = await self._feed(sender, chunks, size, expected_sha256)
+            async with contextlib.aclosing(chunks):  # a feed that stops early releases the catalog's stream now
+                sent = await self._feed(sender, chunks, size, expected_sha256)
             status, retry_after, text = await sender.result
         except urllib3.exceptions.HTTPError as exc:
             raise Transient(f"upload failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
@@ -224,14 +200,16 @@ class Uploader:
         raise Refused("upload", status, excerpt(text))
 
     @staticmethod
-    async def _feed(sender: _Sender[Any], chunks: AsyncIterator[bytes], size: int, expected_sha256: str | None) -> int:
+    async def _feed(
+        sender: _Sender[Any], chunks: AsyncGenerator[bytes, None], size: int, expected_sha256: str | None
+    ) -> int:
         """Hand the chunks to the sender; the bytes handed over, fewer if the peer answered early."""
         # Each chunk goes out when the next one arrives, the last only once the source has ended
         # cleanly and the checksums agree: a check that fails at the end (the sender's SHA-256, or
         # one the catalog makes, like Drive's md5) then cuts the PUT short of its Content-Length,
         # so the store never keeps a whole object made of bad bytes.
         sent, held = 0, b""
-        async for chunk in _read_ahead(chunks, depth=4):
+        async for chunk in chunks:
             if sent + len(held) + len(chunk) > size:
                 raise SizeMismatch(f"master grew past its listed size of {size} bytes")
             if held:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +100,7 @@ class Opened:
             raise
         return cls(head, rest)
 
-    def take(self) -> AsyncIterator[bytes] | None:
+    def take(self) -> AsyncGenerator[bytes, None] | None:
         """The whole stream, first chunk included; None once taken (a retry opens its own)."""
         if self._taken:
             return None
