@@ -25,8 +25,10 @@ of ``--concurrency`` connections. httpx costs ~20x the CPU per request (its pool
 scans every connection on each request, and without the ``sniffio`` package
 installed httpcore retries a failing import on every request), so with it the
 senders, not the servers, are what is measured; ``--senders N`` spreads them over
-N processes. Each run prints the CPU each side spent per delivery and names the
-bottleneck: on a small machine the senders and the server share the cores.
+N processes. Each run prints the CPU each side spent per delivery (the server's
+split into its event loop's thread, its other threads, and its child processes:
+with SQLite, the ingest process that parses and commits the deliveries) and
+names the bottleneck: on a small machine the senders and the server share the cores.
 
     .venv/bin/python bench/intake.py                       # 10 s per side, 64 raw senders
     .venv/bin/python bench/intake.py --client httpx --senders 4
@@ -131,20 +133,18 @@ class Server:
             time.sleep(0.05)
         raise SystemExit(f"{self.name} did not become healthy")
 
-    def cpu_s(self) -> tuple[float, float]:
-        """User + system CPU seconds used so far: (the event loop's thread, all the other threads), from /proc."""
+    def cpu_s(self) -> tuple[float, float, float]:
+        """User + system CPU seconds used so far, from /proc: the event loop's thread, the server's other
+        threads, and its child processes (the SQLite ingest process) while they run."""
         main = other = 0.0
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:  # a thread that just ended
-                continue
-            used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            used = _cpu_s(task / "stat")
             if task.name == str(self.proc.pid):
                 main += used
             else:
                 other += used
-        return main, other
+        children = sum(_cpu_s(Path(f"/proc/{pid}/stat")) for pid in _children(self.proc.pid))
+        return main, other, children
 
     def stop(self) -> None:
         if self.log_file.closed:
@@ -157,6 +157,24 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log_file.close()
+
+
+def _cpu_s(stat: Path) -> float:
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # a thread or process that just ended
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _children(pid: int) -> list[str]:
+    found: list[str] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += (task / "children").read_text().split()
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def start_fulfiller(workdir: Path, state: str) -> Server:
@@ -395,6 +413,7 @@ class Result:
     errors: int
     server_cpu: float  # share of one core during the window: the event loop's thread
     server_other_cpu: float  # ... the server's other threads (the store's writer, to_thread workers)
+    server_child_cpu: float  # ... its child processes (the SQLite ingest process)
     sender_cpu: float
     load: float  # the machine's 1-minute load average (the higher of before and after)
 
@@ -402,7 +421,8 @@ class Result:
         codes = " ".join(f"{c}x{n}" for c, n in sorted(self.statuses.items()))
         return (f"{self.name:<28} {self.rate:>9.0f}/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms  "
                 f"max {self.max_ms:7.2f} ms  server cpu: loop {self.server_cpu:4.0%} + other threads "
-                f"{self.server_other_cpu:4.0%}  senders cpu {self.sender_cpu:4.0%}  load {self.load:.1f}  "
+                f"{self.server_other_cpu:4.0%} + child processes {self.server_child_cpu:4.0%}  "
+                f"senders cpu {self.sender_cpu:4.0%}  load {self.load:.1f}  "
                 f"[{codes}{f' errors={self.errors}' if self.errors else ''}]")
 
 
@@ -413,11 +433,11 @@ def warm(server: Server, args: argparse.Namespace) -> None:
 
 
 def measure(server: Server, args: argparse.Namespace, seconds: float | None, requests: int | None) -> Result:
-    (main0, other0) = server.cpu_s()
+    (main0, other0, child0) = server.cpu_s()
     load0 = os.getloadavg()[0]
     stats = drive(server.url, concurrency=args.concurrency, senders=args.senders, seconds=seconds,
                   requests=requests, tag="run", client=args.client, rate=args.rate)
-    (main1, other1) = server.cpu_s()
+    (main1, other1, child1) = server.cpu_s()
     latencies = sorted(stats["latencies"])
     ok = stats["statuses"].get(202, 0)
     wall = stats["wall_s"]
@@ -425,7 +445,8 @@ def measure(server: Server, args: argparse.Namespace, seconds: float | None, req
         name=server.name, ok=ok, rate=ok / wall, p50_ms=percentile(latencies, 50) * 1000,
         p99_ms=percentile(latencies, 99) * 1000, max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
         statuses=stats["statuses"], errors=stats["errors"], server_cpu=(main1 - main0) / wall,
-        server_other_cpu=(other1 - other0) / wall, sender_cpu=stats["cpu_s"] / wall,
+        server_other_cpu=(other1 - other0) / wall, server_child_cpu=(child1 - child0) / wall,
+        sender_cpu=stats["cpu_s"] / wall,
         load=max(load0, os.getloadavg()[0]),
     )
 
@@ -453,14 +474,17 @@ def bottleneck(r: Result, senders: int) -> str:
     """Which side ran out of CPU (each is single-threaded where it matters), or neither; and what each
     side spends per delivery, which is what decides it when both share the machine's cores."""
     cores = os.cpu_count() or 1
-    total = r.server_cpu + r.server_other_cpu + r.sender_cpu
+    server = r.server_cpu + r.server_other_cpu + r.server_child_cpu
+    total = server + r.sender_cpu
     per = 1e6 / r.rate if r.rate else float("nan")
-    used = (f"CPU per delivery: server {(r.server_cpu + r.server_other_cpu) * per:.0f} us (event loop "
-            f"{r.server_cpu * per:.0f} + other threads {r.server_other_cpu * per:.0f}), senders "
+    used = (f"CPU per delivery: server {server * per:.0f} us (event loop {r.server_cpu * per:.0f} + other "
+            f"threads {r.server_other_cpu * per:.0f} + child processes {r.server_child_cpu * per:.0f}), senders "
             f"{r.sender_cpu * per:.0f} us; busy: server loop {r.server_cpu:.0%}, senders {r.sender_cpu:.0%} over "
             f"{senders} process(es), {total:.0%} of {cores * 100}% in all")
     if r.server_cpu >= 0.8 and r.server_other_cpu < 0.1:
         return f"the server's event loop (CPU) [{used}]"
+    if r.server_child_cpu >= 0.8:
+        return f"the server's ingest process (CPU) [{used}]"
     if r.server_cpu + r.server_other_cpu >= 0.9:
         return (f"the server's Python threads: its event loop and its store writer take turns on one "
                 f"interpreter lock (GIL), together about a core [{used}]")

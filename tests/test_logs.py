@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from fulfiller.logs import FIELDS, JsonFormatter, TextFormatter, setup_logging
+from fulfiller.logs import FIELDS, BlockHandler, JsonFormatter, TextFormatter, setup_logging
 from fulfiller.testevent import signed_headers
 from support.fulfiller_proc import FulfillerProcess, attempts
 from support.platform import run_platform, source_requested, storage_key
+from support.servers import wait_until
 
 MEDIA = Path(__file__).parent / "media"
 TIMEOUT_S = 30
@@ -174,6 +175,64 @@ def test_setup_logging_keeps_records_lean(restore_logging: None) -> None:
     # Nothing we write uses a record's thread, process or calling frame; gathering them costs every line.
     setup_logging("json", "INFO")
     assert not (logging.logThreads or logging.logProcesses or logging.logMultiprocessing or logging._srcfile)
+
+
+@pytest.fixture
+def block_log(tmp_path: Path) -> Iterator[tuple[Path, BlockHandler]]:
+    """A BlockHandler on a real file, as on stderr in production (a file descriptor behind it)."""
+    path = tmp_path / "stderr.log"
+    with open(path, "w") as stderr:
+        handler = BlockHandler(stderr, interval_s=3600)  # no timed flush unless a test asks for one
+        handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+        try:
+            yield path, handler
+        finally:
+            handler.close()
+
+
+def emit(handler: logging.Handler, name: str, msg: str, level: int = logging.INFO) -> None:
+    handler.handle(logging.LogRecord(name, level, __file__, 0, msg, None, None))
+
+
+def test_delivery_lines_wait_and_go_out_in_order_with_the_next_other_line(
+    block_log: tuple[Path, BlockHandler],
+) -> None:
+    path, handler = block_log
+    emit(handler, "fulfiller.receiver", "delivery accepted 1")
+    emit(handler, "fulfiller.receiver", "delivery accepted 2")
+    assert path.read_text() == ""  # two write() calls saved
+    emit(handler, "uvicorn.error", "Shutting down")
+    assert path.read_text().splitlines() == [
+        "fulfiller.receiver delivery accepted 1", "fulfiller.receiver delivery accepted 2", "uvicorn.error Shutting down",
+    ]
+
+
+def test_a_delivery_warning_is_written_at_once(block_log: tuple[Path, BlockHandler]) -> None:
+    path, handler = block_log
+    emit(handler, "fulfiller.receiver", "delivery accepted")
+    emit(handler, "fulfiller.receiver", "delivery bad_signature", logging.WARNING)
+    assert path.read_text().splitlines() == [
+        "fulfiller.receiver delivery accepted", "fulfiller.receiver delivery bad_signature",
+    ]
+
+
+def test_waiting_delivery_lines_are_written_within_the_interval(block_log: tuple[Path, BlockHandler]) -> None:
+    path, handler = block_log
+    with open(path, "a") as stderr:
+        timed = BlockHandler(stderr, interval_s=0.05)
+        timed.setFormatter(handler.formatter)
+        try:
+            emit(timed, "fulfiller.receiver", "delivery accepted")
+            wait_until(lambda: path.read_text() == "fulfiller.receiver delivery accepted\n", 5, "the timed flush")
+        finally:
+            timed.close()
+
+
+def test_closing_writes_what_waits(block_log: tuple[Path, BlockHandler]) -> None:
+    path, handler = block_log
+    emit(handler, "fulfiller.receiver", "delivery duplicate")
+    handler.close()  # logging closes every handler at exit
+    assert path.read_text() == "fulfiller.receiver delivery duplicate\n"
 
 
 def test_fields_are_the_documented_set() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import AsyncGenerator, Iterator
-from pathlib import Path
 
 import pytest
 

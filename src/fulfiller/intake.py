@@ -1,18 +1,48 @@
 """What a verified delivery asks of the store: a new job, a lifecycle update, or only a record.
 
-Pure domain: no web or database here, so the receiver stays a thin adapter and
-the rules can be tested on their own.
+Pure domain: no web or database here, so the receiver stays a thin adapter, the
+rules can be tested on their own, and a store may apply them wherever it commits
+(the SQLite backend does it in its ingest process, off the event loop).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fulfiller import events, jobs
-from fulfiller.events import InvalidPayload
+from fulfiller.events import InvalidPayload, Lifecycle
 from fulfiller.jobs import Job
-from fulfiller.store.base import IncomingEvent
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery whose signature checked out: what the receiver hands the store."""
+
+    event_id: str
+    topic: str
+    body: bytes
+    received_at: float
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """A verified delivery, with what it asks of the store."""
+
+    event_id: str
+    topic: str
+    body: str  # the JSON text as received; the store keeps it as the job's payload too
+    received_at: float
+    job: Job | None = None  # the job a video.source_requested creates (its payload is ``body`` parsed)
+    lifecycle: Lifecycle | None = None  # the job status a follow-up event sets
+    note: str | None = None  # why nothing else happens (unknown topic, unreadable lifecycle)
+
+
+class NotAnObject(ValueError):
+    """The body is not a JSON object (the receiver answers 400: redelivering it cannot help)."""
 
 
 def _field(data: Mapping[str, Any], *path: str) -> Any:
@@ -69,3 +99,45 @@ def plan(event_id: str, topic: str, body: str, data: Mapping[str, Any], now: flo
             return IncomingEvent(event_id, topic, body, now, note=f"unmatched: {exc}")
         return IncomingEvent(event_id, topic, body, now, lifecycle=lifecycle)
     return IncomingEvent(event_id, topic, body, now, note="unknown topic: stored, nothing to do")
+
+
+def admit(delivery: Delivery) -> IncomingEvent:
+    """Parse and plan one verified delivery; NotAnObject when its body is not a JSON object."""
+    text, data = parse_object(delivery.body)
+    return plan(delivery.event_id, delivery.topic, text, data, delivery.received_at)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf, which no JSON writer can write back
+        raise ValueError("number out of range")
+    return value
+
+
+# Built once: json.loads with hooks would build a decoder per call.
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+
+
+def parse_object(body: bytes) -> tuple[str, dict[str, Any]]:
+    """The body as text and as a JSON object; NotAnObject when it is not one.
+
+    Strict where Python's json module is lenient, so that whatever is acked can
+    be stored and shown again: UTF-8 only (``json.loads`` on bytes would also
+    guess UTF-16/32), no NaN/Infinity, no number that overflows to infinity, no
+    lone surrogate from a ``\\udXXX`` escape (it cannot be encoded as UTF-8),
+    and nesting deep enough to exhaust the recursion limit is refused, not a 500.
+    """
+    try:
+        text = body.decode("utf-8")
+        data = _decode(text)
+        if isinstance(data, dict) and "\\u" in text:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+        raise NotAnObject("body is not a JSON object") from None
+    if not isinstance(data, dict):
+        raise NotAnObject("body is not a JSON object")
+    return text, data

@@ -15,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fulfiller.config import ReceiverConfig
-from fulfiller.intake import plan
+from fulfiller.intake import Delivery, NotAnObject
 from fulfiller.metrics import Metrics
 from fulfiller.signing import SignatureError, Verifier
 from fulfiller.store.base import Store, StoreUnavailable
@@ -107,11 +106,10 @@ class Receiver:
         except SignatureError as exc:
             return _error(401, f"signature refused: {exc}", "bad_signature", None)
         event_id = header_id or "sha256:" + hashlib.sha256(body).hexdigest()
-        text, data = _parse_object(body)
-        if data is None:
-            return _error(400, "body is not a JSON object", "bad_body", event_id)
         try:
-            stored = await self.store.ingest(plan(event_id, topic, text, data, time.time()))
+            stored = await self.store.accept(Delivery(event_id, topic, body, time.time()))
+        except NotAnObject as exc:
+            return _error(400, str(exc), "bad_body", event_id)
         except Exception as exc:
             # Nothing is acked that is not committed: 503, and the sender retries. Anything but
             # StoreUnavailable is a bug, so it is logged with its traceback.
@@ -127,40 +125,6 @@ def _headers(scope: Scope) -> dict[str, str]:
     """The request headers by name; ASGI servers give names in lowercase, and the first of a repeated
     name wins, as with Starlette's ``Headers.get``."""
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400 parses as inf, which no JSON writer can write back
-        raise ValueError("number out of range")
-    return value
-
-
-# Built once: json.loads with hooks would build a decoder per call.
-_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
-
-
-def _parse_object(body: bytes) -> tuple[str, dict | None]:
-    """The body as text and as a JSON object, or ``("", None)`` when it is not one.
-
-    Strict where Python's json module is lenient, so that whatever is acked can
-    be stored and shown again: UTF-8 only (``json.loads`` on bytes would also
-    guess UTF-16/32), no NaN/Infinity, no number that overflows to infinity, no
-    lone surrogate from a ``\\udXXX`` escape (it cannot be encoded as UTF-8),
-    and nesting deep enough to exhaust the recursion limit is refused, not a 500.
-    """
-    try:
-        text = body.decode("utf-8")
-        data = _decode(text)
-        if isinstance(data, dict) and "\\u" in text:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
-    except (ValueError, RecursionError):  # UnicodeError is a ValueError
-        return "", None
-    return text, data if isinstance(data, dict) else None
 
 
 def _error(status: int, message: str, outcome: str, event_id: str | None) -> Answer:

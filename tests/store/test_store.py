@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from dataclasses import replace
@@ -11,9 +12,12 @@ from typing import Any
 import pytest
 
 from fulfiller import jobs
+from fulfiller.intake import Delivery, NotAnObject
 from fulfiller.jobs import Attempt
 from fulfiller.store import Store, StoreUnavailable
 from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED
+from fulfiller.store.sql import migrations
+from fulfiller.store.sqlite import SQLITE
 from store.builders import (
     FULFILLED, PROJECT, REJECTED, REQUESTED, TIMEOUT, event, ingest_job, lifecycle_body, request_body, requested,
     status_of,
@@ -35,6 +39,24 @@ async def test_ingest_new_then_duplicate(store: Store) -> None:
     assert job.payload == request_body() | {"fulfillment": job.payload["fulfillment"]}
     assert job.storage_key == f"fb-external/{PROJECT}/HRT-1/v2/en/9x16.video"
     assert job.request_kind == "oss" and job.chosen_aspect == "9x16"
+
+
+async def test_accept_parses_plans_and_stores_a_verified_delivery(store: Store) -> None:
+    """The receiver's entry: raw bytes in, one event and its job stored (SQLite does this in its ingest process)."""
+    body = json.dumps(request_body("HRT-ACC")).encode()
+    assert await store.accept(Delivery("evt-acc", REQUESTED, body, time.time())) is True
+    assert await store.accept(Delivery("evt-acc", REQUESTED, body, time.time())) is False
+    invalid = json.dumps({"projectId": PROJECT, "creative": {}}).encode()
+    assert await store.accept(Delivery("evt-inv", REQUESTED, invalid, time.time())) is True
+    assert await store.accept(Delivery("evt-other", "other.topic", b'{"a": 1}', time.time())) is True
+    for bad in (b"[1, 2]", b"not json", b'{"a": NaN}', "{}".encode("utf-16")):
+        with pytest.raises(NotAnObject):
+            await store.accept(Delivery("evt-bad", REQUESTED, bad, time.time()))
+    by_event = {j.event_id: j for j in await store.list_jobs()}
+    assert set(by_event) == {"evt-acc", "evt-inv"}
+    assert by_event["evt-acc"].status == jobs.QUEUED and by_event["evt-acc"].code == "HRT-ACC"
+    assert by_event["evt-acc"].payload == json.loads(body)
+    assert by_event["evt-inv"].status == jobs.INVALID and "invalid payload" in (by_event["evt-inv"].error or "")
 
 
 async def test_events_without_job_are_stored_once(store: Store) -> None:
@@ -372,7 +394,8 @@ async def test_migrations_are_idempotent(make_store: Any, store_url: str) -> Non
         assert await again.ingest(requested("evt-1")) is False
         versions = await again._read(  # type: ignore[attr-defined]
             lambda cur: cur.execute("SELECT count(*), max(version) FROM fulfiller_schema").fetchone())
-        assert tuple(versions) == (1, 1)
+        latest = len(migrations(SQLITE))
+        assert tuple(versions) == (latest, latest)  # each version applied once
         await again.close()
 
 

@@ -98,6 +98,9 @@ class FulfillerProcess:
     def log_text(self) -> str:
         return self.serve.log()
 
+    def log_containing(self, text: str, timeout_s: float = 10.0) -> str:
+        return self.serve.log_containing(text, timeout_s)
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 

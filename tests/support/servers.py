@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,15 @@ START_TIMEOUT_S = 20.0
 
 TEST_SECRET = "whsec_intake-tests-secret-0123456789"
 TEST_ADMIN_TOKEN = "admin-token-for-tests-5b1c"
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, on_fail: Callable[[], str] = lambda: "") -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` (and ``on_fail()``) once ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_fail()}")
+        time.sleep(0.05)  # a poll interval bounded by the deadline, not a synchronisation sleep
 
 
 def free_port() -> int:
@@ -119,6 +128,7 @@ class ServeProcess:
                  extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None):
         self.config_path = config_path
         self.log_path = log_path
+        self.children: list[int] = []
         self.no_worker = no_worker
         self.extra_args = list(extra_args)
         self.env = {**os.environ, **(env or {})}
@@ -164,8 +174,11 @@ class ServeProcess:
         return False
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, as in a crash or an OOM kill."""
+        """SIGKILL: no shutdown hook runs, as in a crash or an OOM kill. ``children`` keeps the pids of the
+        processes it had started (the SQLite ingest process), which the kill leaves to fend for themselves."""
         if self.proc is not None and self.proc.poll() is None:
+            tasks = Path(f"/proc/{self.proc.pid}/task")
+            self.children = [int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
@@ -186,6 +199,11 @@ class ServeProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def log_containing(self, text: str, timeout_s: float = 10.0) -> str:
+        """The log, once ``text`` is in it: INFO lines reach the file in blocks, up to 0.1 s after they are logged."""
+        wait_until(lambda: text in self.log(), timeout_s, f"{text!r} in the log", lambda: self.log()[-4000:])
+        return self.log()
 
     def log_lines(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far (other lines skipped)."""

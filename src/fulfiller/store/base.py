@@ -12,25 +12,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from fulfiller.events import Lifecycle
+from fulfiller.intake import Delivery, IncomingEvent, admit
 from fulfiller.jobs import Attempt, Job
 
 
 class StoreUnavailable(Exception):
     """The store cannot answer or commit right now (the receiver says 503 so the sender retries)."""
-
-
-@dataclass(frozen=True)
-class IncomingEvent:
-    """A verified delivery, with what it asks of the store."""
-
-    event_id: str
-    topic: str
-    body: str  # the JSON text as received; the store keeps it as the job's payload too
-    received_at: float
-    job: Job | None = None  # the job a video.source_requested creates (its payload is ``body`` parsed)
-    lifecycle: Lifecycle | None = None  # the job status a follow-up event sets
-    note: str | None = None  # why nothing else happens (unknown topic, unreadable lifecycle)
 
 
 @dataclass
@@ -67,6 +54,13 @@ class Store(ABC):
     @abstractmethod
     async def ingest(self, event: IncomingEvent) -> bool:
         """Store the event and its effects in one transaction: True if new, False for a duplicate id."""
+
+    async def accept(self, delivery: Delivery) -> bool:
+        """``ingest`` a verified delivery, parsed and planned (``intake.admit``, which raises NotAnObject).
+
+        A backend may do the parsing where it commits, off the event loop (SQLiteStore does).
+        """
+        return await self.ingest(admit(delivery))
 
     @abstractmethod
     async def claim(self, owner: str, lease_s: float) -> Job | None:

@@ -1,5 +1,8 @@
 """SQLite backend: one file, WAL, ``synchronous=FULL`` so an acked event survives power loss.
 
+Webhook deliveries are parsed and committed by a child process (``ingester``), off
+the event loop's interpreter lock; every other write goes through the writer thread.
+
 Checkpoints (copying the WAL back into the database file, and its fsync) run in
 a thread of their own: left to SQLite, every thousandth page written makes one
 commit do it, and the writes waiting on that commit wait 50-200 ms.
@@ -17,6 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from fulfiller.events import SOURCE_REQUESTED
+from fulfiller.intake import Delivery
+from fulfiller.store.ingester import IngestProcess
 from fulfiller.store.sql import Dialect, SqlStore
 
 log = logging.getLogger("fulfiller.store.sqlite")
@@ -47,6 +53,7 @@ class SQLiteStore(SqlStore):
         self._readers_lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
+        self._ingester = IngestProcess(url)
 
     def _connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +74,24 @@ class SQLiteStore(SqlStore):
         self._stop_checkpoints.clear()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="store-checkpointer", daemon=True)
         self._checkpointer.start()
+
+    def _ingester_serves(self) -> bool:
+        """The child serves the loop it started on; a caller on another loop (a test, a CLI) uses the thread."""
+        loop = self._ingester.loop
+        return loop is None or loop is asyncio.get_running_loop()
+
+    async def accept(self, delivery: Delivery) -> bool:
+        if not self._ingester_serves():
+            return await super().accept(delivery)
+        stored = await self._ingester.accept(delivery)
+        if stored and delivery.topic == SOURCE_REQUESTED:
+            self._wake()  # a new job (or an invalid one: a worker that wakes for nothing just sleeps again)
+        return stored
+
+    async def ping(self) -> None:
+        await super().ping()
+        if self._ingester_serves():
+            await self._ingester.ensure_running()
 
     def _checkpoint_loop(self) -> None:
         """Copy committed WAL pages into the database file, beside the writer: PASSIVE waits on nobody."""
@@ -106,6 +131,7 @@ class SQLiteStore(SqlStore):
         yield conn
 
     async def close(self) -> None:
+        await self._ingester.close()
         self._stop_checkpoints.set()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
