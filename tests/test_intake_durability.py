@@ -220,6 +220,30 @@ async def test_sigkill_mid_stream_then_redelivery_gives_one_job_each(tmp_path: P
         restarted.stop()
 
 
+async def test_every_delivery_is_logged_once_in_whole_lines(tmp_path: Path) -> None:
+    """The ingest process logs what it took, the server what it refused; both write to one stderr at
+    once, and no line may cut into another."""
+    db = tmp_path / "state.db"
+    config = write_config(tmp_path, f"sqlite:///{db}")
+    events = make_events(300)
+    forged = [(f"evt_forged_{i}", body, {**headers, "x-outpost-signature": "v0=" + "0" * 64})
+              for i, (_, body, headers) in enumerate(make_events(100))]
+    with ServeProcess(config, tmp_path / "serve.log") as server:
+        mixed = [e for pair in zip(events[:100], forged) for e in pair] + events[100:]
+        first = await deliver_all(server, mixed, parallel=32)
+        again = await deliver_all(server, events[:50], parallel=32)  # Outpost's redeliveries
+    assert Counter(first.values()) == {202: 300, 401: 100}
+    assert Counter(again.values()) == {200: 50}
+    lines = server.log().splitlines()
+    parsed = [json.loads(line) for line in lines]  # every line whole
+    deliveries = Counter((p.get("event_id"), p["outcome"], p["http_status"])
+                         for p in parsed if p["msg"].startswith("delivery "))
+    assert deliveries == Counter(
+        [(e, "accepted", 202) for e, _, _ in events] + [(e, "duplicate", 200) for e, _, _ in events[:50]]
+        + [(None, "bad_signature", 401)] * 100  # refused before its id could be trusted
+    )
+
+
 # --- 5: a store that cannot write -------------------------------------------------------------------
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import secrets
+import select
 import shutil
 import sys
 import uuid
@@ -137,7 +139,13 @@ def restore_logging() -> Iterator[None]:
                    logging.getLogger(n).disabled) for n in names}
     switches = ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile")
     gathered = {name: getattr(logging, name) for name in switches}
+    env = {name: os.environ.get(name) for name in ("FULFILLER_LOG_FORMAT", "FULFILLER_LOG_LEVEL")}
     yield
+    for name, value in env.items():  # setup_logging leaves its choice there for the processes it starts
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     for name, value in gathered.items():
         setattr(logging, name, value)
     root.handlers[:], root.level = saved[0], saved[1]
@@ -226,6 +234,38 @@ def test_waiting_delivery_lines_are_written_within_the_interval(block_log: tuple
             wait_until(lambda: path.read_text() == "fulfiller.receiver delivery accepted\n", 5, "the timed flush")
         finally:
             timed.close()
+
+
+class Writes(io.StringIO):
+    """A stream that keeps each write() it is given, as a pipe sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_blocks_are_whole_lines_no_longer_than_a_pipe_keeps_whole() -> None:
+    stream = Writes()
+    handler = BlockHandler(stream, interval_s=3600)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    try:
+        for i in range(200):
+            emit(handler, "fulfiller.receiver", f"delivery accepted evt_{i:04d} " + "x" * (i % 97) + "é" * (i % 5))
+        handler.flush()
+    finally:
+        handler.close()
+    assert len(stream.writes) > 1
+    assert all(w.endswith("\n") and len(w.encode()) <= select.PIPE_BUF for w in stream.writes)
+    assert [line.split()[3] for line in stream.getvalue().splitlines()] == [f"evt_{i:04d}" for i in range(200)]
+
+
+def test_setup_logging_leaves_its_choice_for_the_processes_it_starts(restore_logging: None) -> None:
+    setup_logging("text", "WARNING")
+    assert (os.environ["FULFILLER_LOG_FORMAT"], os.environ["FULFILLER_LOG_LEVEL"]) == ("text", "WARNING")
 
 
 def test_closing_writes_what_waits(block_log: tuple[Path, BlockHandler]) -> None:

@@ -8,6 +8,7 @@ rules can be tested on their own, and a store may apply them wherever it commits
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from typing import Any
 from fulfiller import events, jobs
 from fulfiller.events import InvalidPayload, Lifecycle
 from fulfiller.jobs import Job
+
+# The delivery lines, under the receiver's name wherever they are written from (see log_taken).
+log = logging.getLogger("fulfiller.receiver")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,19 @@ def plan(event_id: str, topic: str, body: str, data: Mapping[str, Any], now: flo
             return IncomingEvent(event_id, topic, body, now, note=f"unmatched: {exc}")
         return IncomingEvent(event_id, topic, body, now, lifecycle=lifecycle)
     return IncomingEvent(event_id, topic, body, now, note="unknown topic: stored, nothing to do")
+
+
+def answer(stored: bool) -> tuple[int, str]:
+    """The HTTP status and outcome for a delivery the store took: new (202) or a duplicate id (200)."""
+    return (202, "accepted") if stored else (200, "duplicate")
+
+
+def log_taken(event_id: str, topic: str, stored: bool) -> None:
+    """The line for a delivery the store took, written by whatever committed it (``Store.accept``):
+    the receiver logs only the deliveries it refuses itself."""
+    status, outcome = answer(stored)
+    log.info("delivery %s", outcome, extra={"event_id": event_id, "topic": topic or None, "outcome": outcome,
+                                             "http_status": status})
 
 
 def admit(delivery: Delivery) -> IncomingEvent:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import select
 import sys
 import threading
 import time
@@ -80,35 +81,54 @@ class TextFormatter(logging.Formatter):
 class BlockHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that writes the lines of busy loggers in blocks, not with a write() each.
 
-    The receiver logs a line per delivery: thousands of write() calls a second, each
-    one a system call on the event loop. Lines from the loggers named in ``batched``
-    wait in a buffer and go out when it fills, every ``interval_s`` (a daemon thread),
-    or with the next line of any other kind. Every other line, and any WARNING or
-    above, is written at once, with whatever waited before it, in order. So a shutdown
-    (which logs) writes everything, even when the server ends by re-raising SIGTERM
-    and no exit handler runs; a process killed outright loses at most ``interval_s``
-    of delivery lines, and what it acked is in the store, not in its log.
+    A line per delivery means thousands of write() calls a second. Lines from the
+    loggers named in ``batched`` wait, and go out every ``interval_s`` (a daemon
+    thread) or with the next line of any other kind; every other line, and any
+    WARNING or above, is written at once, with whatever waited before it, in order.
+    So a shutdown (which logs) writes everything, even when the server ends by
+    re-raising SIGTERM and no exit handler runs; a process killed outright loses at
+    most ``interval_s`` of delivery lines (what it acked is in the store).
+
+    Each block is whole lines in one write() of at most PIPE_BUF bytes, which a pipe
+    keeps whole: the server and its ingest process share stderr, and their lines
+    never cut into each other.
     """
 
     def __init__(self, stream: TextIO, batched: Collection[str] = ("fulfiller.receiver",),
                  interval_s: float = 0.1) -> None:
-        buffered = _buffered(stream)
-        super().__init__(buffered)
-        self._own = buffered if buffered is not stream else None
+        super().__init__(stream)
         self.batched = frozenset(batched)
         self.interval_s = interval_s
+        self._pending: list[str] = []
+        self._pending_bytes = 0
         self._stopped = threading.Event()
         threading.Thread(target=self._flush_every, name="log-flusher", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            line = self.format(record) + self.terminator
+            size = len(line) if line.isascii() else len(line.encode("utf-8", "backslashreplace"))
+            if self._pending_bytes + size > select.PIPE_BUF:
+                self._write_pending()
+            self._pending.append(line)
+            self._pending_bytes += size
             if record.levelno >= logging.WARNING or record.name not in self.batched:
-                self.stream.flush()
+                self._write_pending()
         except RecursionError:  # as StreamHandler.emit does
             raise
         except Exception:
             self.handleError(record)
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self.stream.write("".join(self._pending))
+            self._pending.clear()
+            self._pending_bytes = 0
+        self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
 
     def _flush_every(self) -> None:
         while not self._stopped.wait(self.interval_s):
@@ -118,24 +138,15 @@ class BlockHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._stopped.set()
         self.flush()
         super().close()
-        with self.lock:  # type: ignore[union-attr]
-            if self._own is not None:  # our own copy of the descriptor
-                self._own.close()
-                self._own = self.stream = None  # type: ignore[assignment]
-
-
-def _buffered(stream: TextIO) -> TextIO:
-    """``stream`` (stderr) with a 64 KiB buffer of its own: Python keeps stderr line-buffered. A stream
-    that is not a file (a test's StringIO) is used as it is."""
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return stream
-    return open(os.dup(fd), "w", buffering=1 << 16, encoding="utf-8", errors="backslashreplace")
 
 
 def setup_logging(fmt: str = "json", level: str = "INFO") -> None:
-    """Route the product's and the server's logs to stderr in one format."""
+    """Route the product's and the server's logs to stderr in one format.
+
+    The choice is also left in ``FULFILLER_LOG_FORMAT`` and ``FULFILLER_LOG_LEVEL``,
+    where the processes this one starts (the SQLite ingest process) read it.
+    """
+    os.environ["FULFILLER_LOG_FORMAT"], os.environ["FULFILLER_LOG_LEVEL"] = fmt, level
     handler = BlockHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fulfiller.config import ReceiverConfig
-from fulfiller.intake import Delivery, NotAnObject
+from fulfiller.intake import Delivery, NotAnObject, answer
 from fulfiller.metrics import Metrics
 from fulfiller.signing import SignatureError, Verifier
 from fulfiller.store.base import Store, StoreUnavailable
@@ -63,12 +63,12 @@ class Receiver:
         started = time.perf_counter()
         headers = _headers(scope)
         topic = headers.get(self.topic_header, "")
-        status, answer, outcome, event_id = await self._handle(headers, receive, topic)
+        status, reply, outcome, event_id = await self._handle(headers, receive, topic)
         self.metrics.delivery(topic, outcome, time.perf_counter() - started)
-        level = logging.INFO if status < 400 else logging.WARNING
-        log.log(level, "delivery %s", outcome, extra={"event_id": event_id, "topic": topic or None,
-                                                       "outcome": outcome, "http_status": status})
-        body = _encode(answer).encode("utf-8")
+        if status >= 400:  # a delivery the store took was logged where it was committed (Store.accept)
+            log.warning("delivery %s", outcome, extra={"event_id": event_id, "topic": topic or None,
+                                                        "outcome": outcome, "http_status": status})
+        body = _encode(reply).encode("utf-8")
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", str(len(body)).encode("latin-1")), _CONTENT_TYPE]})
         await send({"type": "http.response.body", "body": body})
@@ -116,9 +116,8 @@ class Receiver:
             log.error("store cannot commit: %s", exc, exc_info=not isinstance(exc, StoreUnavailable),
                       extra={"event_id": event_id})
             return _error(503, "store unavailable; retry later", "store_unavailable", event_id)
-        if not stored:
-            return 200, {"status": "duplicate", "event_id": event_id}, "duplicate", event_id
-        return 202, {"status": "accepted", "event_id": event_id}, "accepted", event_id
+        status, outcome = answer(stored)
+        return status, {"status": outcome, "event_id": event_id}, outcome, event_id
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from fulfiller.intake import Delivery, IncomingEvent, admit
+from fulfiller.intake import Delivery, IncomingEvent, admit, log_taken
 from fulfiller.jobs import Attempt, Job
 
 
@@ -56,11 +56,14 @@ class Store(ABC):
         """Store the event and its effects in one transaction: True if new, False for a duplicate id."""
 
     async def accept(self, delivery: Delivery) -> bool:
-        """``ingest`` a verified delivery, parsed and planned (``intake.admit``, which raises NotAnObject).
+        """``ingest`` a verified delivery, parsed and planned (``intake.admit``, which raises NotAnObject),
+        and log its line (``intake.log_taken``).
 
-        A backend may do the parsing where it commits, off the event loop (SQLiteStore does).
+        A backend may do both where it commits, off the event loop (SQLiteStore does).
         """
-        return await self.ingest(admit(delivery))
+        stored = await self.ingest(admit(delivery))
+        log_taken(delivery.event_id, delivery.topic, stored)
+        return stored
 
     @abstractmethod
     async def claim(self, owner: str, lease_s: float) -> Job | None:

@@ -19,6 +19,11 @@ Wire: each message is a 4-byte little-endian length and a pickle. The parent sen
 where the refusal is ``BAD_BODY`` (not a JSON object) or ``UNAVAILABLE`` (the
 store could not commit it).
 
+The child also writes the log line of each delivery it took (``intake.log_taken``),
+after its answers, so that formatting them costs the event loop nothing; it logs
+as the server does (format and level from ``logs.setup_logging``), and its lines
+share stderr with the server's whole (see ``logs.BlockHandler``).
+
 The child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group, and
 the server still needs it to answer its in-flight deliveries) and stops when its
 stdin closes: when the parent closes it, or dies.
@@ -38,7 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fulfiller.intake import Delivery, NotAnObject, admit
+from fulfiller.intake import Delivery, NotAnObject, admit, log_taken
+from fulfiller.logs import setup_logging
 from fulfiller.store.base import StoreUnavailable
 from fulfiller.store.sql import Ingest, SqlStore
 
@@ -249,13 +255,20 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
             batch = [_admit(store, *from_wire(message)) for message in frames.feed(data)]
             verdicts = [(seq, item) for seq, item in batch if not isinstance(item, Ingest)]
             ingests = [(seq, item) for seq, item in batch if isinstance(item, Ingest)]
+            taken: list[tuple[Ingest, bool]] = []
             for start in range(0, len(ingests), store.max_batch):
                 chunk = ingests[start:start + store.max_batch]
                 conn, results = store._commit(conn, [ingest for _, ingest in chunk])
-                verdicts += [(seq, r if isinstance(r, bool) else (UNAVAILABLE, str(r)))
-                             for (seq, _), r in zip(chunk, results)]
+                for (seq, ingest), result in zip(chunk, results):
+                    if isinstance(result, bool):
+                        taken.append((ingest, result))
+                        verdicts.append((seq, result))
+                    else:
+                        verdicts.append((seq, (UNAVAILABLE, str(result))))
             if verdicts:
                 _write_all(outbox_fd, frame(verdicts))
+            for ingest, stored in taken:  # after the answers: the loop waits on them, not on these
+                log_taken(ingest.event.event_id, ingest.event.topic, stored)
     finally:
         if conn is not None:
             conn.close()
@@ -278,6 +291,8 @@ def main() -> None:
     # Verdicts get a private copy of stdout; anything else printed goes to stderr, not into the stream.
     outbox_fd = os.dup(1)
     os.dup2(2, 1)
+    if "FULFILLER_LOG_FORMAT" in os.environ:  # as the server logs (logs.setup_logging leaves its choice here)
+        setup_logging(os.environ["FULFILLER_LOG_FORMAT"], os.environ.get("FULFILLER_LOG_LEVEL", "INFO"))
     serve(sys.argv[1], 0, outbox_fd)
 
 
