@@ -7,8 +7,11 @@ import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fulfiller import events
 from fulfiller.events import InvalidPayload, parse_lifecycle, parse_source_request, parse_timestamp
@@ -293,3 +296,32 @@ def test_lifecycle_with_broken_coordinates_still_uses_its_storage_key() -> None:
 def test_lifecycle_that_cannot_find_a_job(data: dict[str, Any]) -> None:
     with pytest.raises(InvalidPayload, match="storageKey"):
         parse_lifecycle(events.SOURCE_FULFILLED, data)
+
+
+# --- the URL fast path ------------------------------------------------------------------------
+
+
+@given(st.from_regex(events._PLAIN_URL))
+def test_every_url_the_fast_path_takes_passes_the_full_check(url: str) -> None:
+    parts = urlsplit(url)
+    assert parts.port is None  # raises on a bad port
+    assert parts.scheme in ("http", "https") and parts.hostname
+
+
+@pytest.mark.parametrize("url", [
+    "https://h:8443/x", "HTTPS://h/x", "https://user:pw@h/x", "https://[::1]/x", "https://h:99999/x",
+    "https://[::1/x", "ftp://h/x", "https:///x", "https://h x", "//h/x",
+])
+def test_other_urls_take_the_full_check(url: str) -> None:
+    assert not events._PLAIN_URL.match(url)
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:
+        valid = False
+    data = {"u": url}
+    if valid:
+        assert events._url(data, "u", "") == url
+    else:
+        with pytest.raises(InvalidPayload):
+            events._url(data, "u", "")

@@ -37,19 +37,24 @@ def _redact(text: str) -> str:
     return redact_text(text) if "://" in text else text
 
 
-def _utc_ms(ts: float) -> str:
-    """``ts`` as RFC 3339 UTC with milliseconds, as datetime would write it, without building a datetime."""
-    frac, whole = math.modf(ts)
-    second, us = int(whole), round(frac * 1e6)  # datetime.fromtimestamp's rounding, truncated to ms below
-    if us >= 1_000_000:
-        second, us = second + 1, us - 1_000_000
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{us // 1000:03d}Z"
-
-
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # the last second written, formatted: lines come many a second
+
+    def _utc_ms(self, ts: float) -> str:
+        """``ts`` as RFC 3339 UTC with milliseconds, as datetime would write it, without building a datetime."""
+        frac, whole = math.modf(ts)
+        second, us = int(whole), round(frac * 1e6)  # datetime.fromtimestamp's rounding, truncated to ms below
+        if us >= 1_000_000:
+            second, us = second + 1, us - 1_000_000
+        if self._second[0] != second:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{us // 1000:03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "ts": _utc_ms(record.created),
+            "ts": self._utc_ms(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": _redact(record.getMessage()),
