@@ -60,6 +60,10 @@ class Server:
             conn.row_factory = sqlite3.Row
             return {r["event_id"]: dict(r) for r in conn.execute("SELECT * FROM events")}
 
+    def payload_of(self, event_id: str) -> str:
+        with sqlite3.connect(self.db) as conn:
+            return conn.execute("SELECT payload FROM jobs WHERE event_id = ?", (event_id,)).fetchone()[0]
+
     def jobs(self) -> list[dict[str, Any]]:
         return admin_jobs(self.client, self.url)
 
@@ -133,7 +137,8 @@ def test_new_event_is_stored_with_its_job_then_acked_202(server: Server) -> None
     assert response.content == b'{"status":"accepted","event_id":"evt_first"}'
     stored = server.events()["evt_first"]
     assert stored["topic"] == REQUESTED
-    assert stored["body"] == body.decode()  # the raw body, byte for byte
+    assert stored["body"] == ""  # kept once, as its job's payload:
+    assert server.payload_of("evt_first") == body.decode()  # the raw body, byte for byte
     job = server.job_of("evt_first")
     assert job is not None
     assert job["status"] == "queued"

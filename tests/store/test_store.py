@@ -59,6 +59,16 @@ async def test_accept_parses_plans_and_stores_a_verified_delivery(store: Store) 
     assert by_event["evt-inv"].status == jobs.INVALID and "invalid payload" in (by_event["evt-inv"].error or "")
 
 
+async def test_a_body_is_stored_once(store: Store) -> None:
+    """A request's body is its job's payload; the event row keeps the body only of events without a job."""
+    request, other = requested("evt-req"), event("evt-other", "other.topic", {"a": 1})
+    assert await store.ingest(request) and await store.ingest(other)
+    rows = await store._read(  # type: ignore[attr-defined]
+        lambda cur: cur.execute("SELECT e.event_id, e.body, j.payload FROM events e"
+                                " LEFT JOIN jobs j ON j.event_id = e.event_id ORDER BY e.event_id").fetchall())
+    assert [tuple(r) for r in rows] == [("evt-other", other.body, None), ("evt-req", "", request.body)]
+
+
 async def test_events_without_job_are_stored_once(store: Store) -> None:
     other = event("evt-x", "something.else", {"hello": "world"})
     assert other.job is None and other.note
