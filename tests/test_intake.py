@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from fulfiller import events, jobs
 from fulfiller.intake import new_job, plan
+from fulfiller.store.sql import NEW_JOB_COLUMNS
 from fulfiller.testevent import sample_event
 
 NOW = 1_777_000_000.0
@@ -152,3 +154,13 @@ def test_a_lifecycle_event_that_names_no_job_is_recorded_with_a_note() -> None:
     incoming = plan("evt_lc", events.SOURCE_TIMEOUT, "{}", {"projectId": "p"}, NOW)
     assert incoming.job is None and incoming.lifecycle is None
     assert incoming.note is not None and incoming.note.startswith("unmatched: ")
+
+
+@pytest.mark.parametrize("data", [oss(), afs(), {"projectId": "p", "creative": {"variation": 1}}],
+                         ids=["oss", "afs", "invalid"])
+def test_a_new_job_sets_only_the_columns_the_store_inserts(data: dict[str, Any]) -> None:
+    """The store inserts a new job's NEW_JOB_COLUMNS and leaves the rest to the table's defaults, the Job's own."""
+    job = new_job("evt_1", data, NOW)
+    fresh = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+             for f in dataclasses.fields(jobs.Job) if f.name not in NEW_JOB_COLUMNS}
+    assert {name: getattr(job, name) for name in fresh} == fresh

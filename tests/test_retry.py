@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
+from fulfiller import retry
 from fulfiller.callback import post_callback
 from fulfiller.retry import Transient, parse_retry_after, with_retries
 from fulfiller.transfer import Refused, transient_for
@@ -169,3 +171,17 @@ async def test_callback_transport_errors_say_whether_the_request_may_have_landed
         await _post(error)
     assert caught.value.http_status is None
     assert caught.value.maybe_delivered is maybe_delivered
+
+
+async def test_a_wait_that_overruns_the_deadline_starts_no_new_try(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy machine a wait can end later than asked: past the deadline, no new try starts."""
+    clock = [1_000.0]
+    monkeypatch.setattr(retry, "time", SimpleNamespace(time=lambda: clock[0]))
+    fn = Flaky(Transient("503"), Transient("503"))
+
+    def overrun(exc: Transient, wait_s: float) -> None:  # the retry was planned in time; the wait runs over
+        clock[0] += 10
+
+    with pytest.raises(Transient, match="503"):
+        await with_retries(fn, deadline=clock[0] + 5, base_s=0.001, cap_s=0.002, on_retry=overrun)
+    assert len(fn.calls) == 1

@@ -81,9 +81,18 @@ async def with_retries(
         before_sleep=before_sleep,
         reraise=True,
     )
+    last: Transient | None = None
+
     async def call() -> T:
         # tenacity decides sync vs async by inspecting the callable; a lambda
         # returning a coroutine would look sync, so always hand it a coroutine function.
-        return await fn()
+        nonlocal last
+        if last is not None and time.time() >= deadline:  # the wait overran the deadline (a busy machine)
+            raise last
+        try:
+            return await fn()
+        except Transient as exc:
+            last = exc
+            raise
 
     return await retrying(call)
