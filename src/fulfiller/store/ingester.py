@@ -109,7 +109,7 @@ class _Verdicts(asyncio.Protocol):
 
 
 class IngestProcess:
-    """The parent's side: starts the child on first use, sends it events, and answers each caller.
+    """The parent's side: starts the child on first use, sends it deliveries, and answers each caller.
 
     It serves the event loop it was first used on (the server's); if the child dies,
     the writes it held fail with StoreUnavailable (the sender retries them) and the
@@ -166,6 +166,7 @@ class IngestProcess:
         self._generation += 1
         self._started_at = time.monotonic()
         generation = self._generation
+        self._proc = None
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", __name__, self.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -176,6 +177,8 @@ class IngestProcess:
             self._stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self._proc.stdin)
         except OSError as exc:
             self._stop_child()
+            if self._proc is not None and self._proc.poll() is None:  # started, but cannot be talked to
+                self._proc.kill()
             raise StoreUnavailable(f"cannot start the ingest process: {exc}") from exc
 
     def _started(self, task: asyncio.Task[None]) -> None:
