@@ -38,7 +38,7 @@ class IncomingEvent:
 
     event_id: str
     topic: str
-    body: str  # the JSON text as received; the store keeps it as the job's payload too
+    body: str  # the JSON text as received: the store keeps it once, as the job's payload if there is a job
     received_at: float
     job: Job | None = None  # the job a video.source_requested creates (its payload is ``body`` parsed)
     lifecycle: Lifecycle | None = None  # the job status a follow-up event sets

@@ -59,7 +59,8 @@ class Receiver:
         self.verifier = Verifier(cfg.mode, cfg.secrets, self.prefix, cfg.timestamp_tolerance_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """One delivery: answered only after _handle has the store's verdict; counted and logged once."""
+        """One delivery: answered only after _handle has the store's verdict; counted here, and logged here
+        when refused (what the store took is logged where it was committed: Store.accept)."""
         started = time.perf_counter()
         headers = _headers(scope)
         topic = headers.get(self.topic_header, "")
