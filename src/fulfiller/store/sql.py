@@ -97,7 +97,7 @@ def migrations(d: Dialect) -> list[list[str]]:
                 event_id TEXT PRIMARY KEY,
                 topic TEXT NOT NULL,
                 received_at DOUBLE PRECISION NOT NULL,
-                body TEXT NOT NULL,  -- '' when its job keeps it (jobs.payload)
+                body TEXT NOT NULL,
                 note TEXT,
                 lc_status TEXT,
                 lc_storage_key TEXT,
