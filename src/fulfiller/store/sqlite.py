@@ -66,6 +66,9 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # A batch's multi-row inserts keep a statement journal; past 64 KiB it would spill to a temporary
+        # file, created, written and deleted at every commit (a fifth of the ingest process's writes).
+        conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute(f"PRAGMA wal_autocheckpoint = {self.fallback_checkpoint_pages}")
         return conn
 
