@@ -27,8 +27,10 @@ installed httpcore retries a failing import on every request), so with it the
 senders, not the servers, are what is measured; ``--senders N`` spreads them over
 N processes. Each run prints the CPU each side spent per delivery (the server's
 split into its event loop's thread, its other threads, and its child processes:
-with SQLite, the ingest process that parses and commits the deliveries) and
-names the bottleneck: on a small machine the senders and the server share the cores.
+with SQLite, the ingest process that parses and commits the deliveries), how long
+the server's event loop and child processes were ready to run but waited for a core
+(their run-queue time, from ``/proc/<pid>/schedstat``), and names the bottleneck:
+on a small machine the senders and the server share the cores.
 
     .venv/bin/python bench/intake.py                       # 10 s per side, 64 raw senders
     .venv/bin/python bench/intake.py --client httpx --senders 4
@@ -146,6 +148,14 @@ class Server:
         children = sum(_cpu_s(Path(f"/proc/{pid}/stat")) for pid in _children(self.proc.pid))
         return main, other, children
 
+    def queued_s(self) -> tuple[float, float]:
+        """Seconds spent ready to run but waiting for a core, so far: the event loop's thread, and the main
+        threads of the child processes. A stage that waits for a core is slowed by the others' CPU, not by
+        its own work or its I/O."""
+        loop = _queued_s(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/schedstat"))
+        children = sum(_queued_s(Path(f"/proc/{pid}/schedstat")) for pid in _children(self.proc.pid))
+        return loop, children
+
     def stop(self) -> None:
         if self.log_file.closed:
             return
@@ -165,6 +175,14 @@ def _cpu_s(stat: Path) -> float:
     except FileNotFoundError:  # a thread or process that just ended
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _queued_s(schedstat: Path) -> float:
+    """Run-queue wait from ``schedstat`` (on the CPU, waiting for it, timeslices; nanoseconds); 0 without it."""
+    try:
+        return int(schedstat.read_text().split()[1]) / 1e9
+    except (FileNotFoundError, IndexError, ValueError):  # ended, or a kernel without scheduler statistics
+        return 0.0
 
 
 def _children(pid: int) -> list[str]:
@@ -414,6 +432,8 @@ class Result:
     server_cpu: float  # share of one core during the window: the event loop's thread
     server_other_cpu: float  # ... the server's other threads (the store's writer, to_thread workers)
     server_child_cpu: float  # ... its child processes (the SQLite ingest process)
+    loop_queued: float  # share of the window the event loop's thread was ready to run but had no core
+    child_queued: float  # ... the same for the child processes' main threads
     sender_cpu: float
     load: float  # the machine's 1-minute load average (the higher of before and after)
 
@@ -422,7 +442,8 @@ class Result:
         return (f"{self.name:<28} {self.rate:>9.0f}/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms  "
                 f"max {self.max_ms:7.2f} ms  server cpu: loop {self.server_cpu:4.0%} + other threads "
                 f"{self.server_other_cpu:4.0%} + child processes {self.server_child_cpu:4.0%}  "
-                f"senders cpu {self.sender_cpu:4.0%}  load {self.load:.1f}  "
+                f"senders cpu {self.sender_cpu:4.0%}  waited for a core: loop {self.loop_queued:4.0%}, child "
+                f"{self.child_queued:4.0%}  load {self.load:.1f}  "
                 f"[{codes}{f' errors={self.errors}' if self.errors else ''}]")
 
 
@@ -433,11 +454,11 @@ def warm(server: Server, args: argparse.Namespace) -> None:
 
 
 def measure(server: Server, args: argparse.Namespace, seconds: float | None, requests: int | None) -> Result:
-    (main0, other0, child0) = server.cpu_s()
+    (main0, other0, child0), (queued0, child_queued0) = server.cpu_s(), server.queued_s()
     load0 = os.getloadavg()[0]
     stats = drive(server.url, concurrency=args.concurrency, senders=args.senders, seconds=seconds,
                   requests=requests, tag="run", client=args.client, rate=args.rate)
-    (main1, other1, child1) = server.cpu_s()
+    (main1, other1, child1), (queued1, child_queued1) = server.cpu_s(), server.queued_s()
     latencies = sorted(stats["latencies"])
     ok = stats["statuses"].get(202, 0)
     wall = stats["wall_s"]
@@ -446,6 +467,7 @@ def measure(server: Server, args: argparse.Namespace, seconds: float | None, req
         p99_ms=percentile(latencies, 99) * 1000, max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
         statuses=stats["statuses"], errors=stats["errors"], server_cpu=(main1 - main0) / wall,
         server_other_cpu=(other1 - other0) / wall, server_child_cpu=(child1 - child0) / wall,
+        loop_queued=(queued1 - queued0) / wall, child_queued=(child_queued1 - child_queued0) / wall,
         sender_cpu=stats["cpu_s"] / wall,
         load=max(load0, os.getloadavg()[0]),
     )
@@ -492,6 +514,9 @@ def bottleneck(r: Result, senders: int) -> str:
         return f"the senders (CPU) [{used}]"
     if total >= 0.85 * cores:
         return f"the machine's cores, shared by both sides [{used}]"
+    if max(r.loop_queued, r.child_queued) >= 0.2:
+        return (f"the machine's cores, in bursts: the server was ready to run but waited for a core (event loop "
+                f"{r.loop_queued:.0%}, child processes {r.child_queued:.0%} of the time) [{used}]")
     return f"neither side's CPU: waiting (commits, fsync, the GIL, other load) [{used}]"
 
 
