@@ -16,8 +16,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+
+from starlette.types import Receive, Scope, Send
 
 from fulfiller.config import ReceiverConfig
 from fulfiller.intake import Delivery, NotAnObject, answer
@@ -26,10 +26,6 @@ from fulfiller.signing import SignatureError, Verifier
 from fulfiller.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("fulfiller.receiver")
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # JSON as Starlette's JSONResponse writes it.
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
@@ -66,7 +62,7 @@ class Receiver:
         topic = headers.get(self.topic_header, "")
         status, reply, outcome, event_id = await self._handle(headers, receive, topic)
         self.metrics.delivery(topic, outcome, time.perf_counter() - started)
-        if status >= 400:  # a delivery the store took was logged where it was committed (Store.accept)
+        if status >= 400:
             log.warning("delivery %s", outcome, extra={"event_id": event_id, "topic": topic or None,
                                                         "outcome": outcome, "http_status": status})
         body = _encode(reply).encode("utf-8")
