@@ -110,6 +110,14 @@ def test_json_line_for_odd_values() -> None:
     assert isinstance(out["worker"], str)
 
 
+def test_json_line_keeps_integers_past_64_bits_and_non_ascii_text() -> None:
+    """The fast encoder cannot write an integer past 64 bits; the line is then written as the json module
+    writes it, not dropped."""
+    line = JsonFormatter().format(record("größe", bytes=2**70, catalog="tëst"))
+    out = json.loads(line)
+    assert out["bytes"] == 2**70 and out["msg"] == "größe" and out["catalog"] == "tëst"
+
+
 # --- TextFormatter ----------------------------------------------------------------------
 
 

@@ -19,6 +19,8 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import TextIO
 
+import orjson
+
 from fulfiller.redact import redact_text
 
 # Keys callers may attach with ``extra=`` that belong in the line.
@@ -29,7 +31,16 @@ FIELDS = (
 
 
 # The receiver writes a line per delivery: these keep that line cheap (see JsonFormatter).
-_encode = json.JSONEncoder(default=str).encode
+_std_encode = json.JSONEncoder(default=str).encode
+
+
+def _encode(line: dict[str, object]) -> str:
+    """The line as JSON: orjson, in a tenth of the json module's time; anything it cannot write
+    (an integer past 64 bits) as the json module writes it."""
+    try:
+        return orjson.dumps(line, default=str).decode()
+    except orjson.JSONEncodeError:
+        return _std_encode(line)
 
 
 def _redact(text: str) -> str:

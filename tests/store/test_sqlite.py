@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -55,3 +61,110 @@ def test_a_large_batch_writes_no_temporary_file(tmp_path: Path) -> None:
             assert during == before, prefix
     finally:
         conn.close()
+
+
+
+class _CommitsLandWhilePassiveCopies:
+    """The checkpointer's connection, with a commit landing during each of its PASSIVE checkpoints,
+    as one always does under steady intake: its transaction began before the copy ended."""
+
+    def __init__(self, conn: sqlite3.Connection, store: SQLiteStore, writer: sqlite3.Connection) -> None:
+        self.conn, self.store, self.writer = conn, store, writer
+
+    def execute(self, sql: str) -> Any:
+        if "PASSIVE" not in sql:
+            return self.conn.execute(sql)
+        cur = self.writer.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        self.store._run_writes(cur, _batch(self.store))
+        row = self.conn.execute(sql).fetchone()
+        cur.execute("COMMIT")
+        return SimpleNamespace(fetchone=lambda: row)
+
+
+_batches = itertools.count()
+
+
+def _batch(store: SQLiteStore) -> list[Ingest]:
+    n = next(_batches)
+    return [Ingest(store, requested(f"{n}_{k}")) for k in range(8)]
+
+
+@pytest.fixture
+def wal_store(tmp_path: Path) -> Iterator[tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection]]:
+    """A store with a short restart length, a writer's connection and the checkpointer's."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.restart_wal_frames = 64
+    writer = store._connect()
+    store._migrate(writer)
+    checkpointer = store._checkpoint_connection()
+    yield store, writer, checkpointer
+    writer.close()
+    checkpointer.close()
+
+
+def _commit(store: SQLiteStore, writer: sqlite3.Connection) -> None:
+    _, results = store._commit(writer, _batch(store))
+    assert results == [True] * 8
+
+
+# The WAL file's layout (sqlite.org/fileformat.html#the_write_ahead_log): a 32-byte header, then frames of
+# a 24-byte header and a page; the header's checkpoint sequence number changes when the WAL starts over.
+_WAL_FRAME = 24 + 4096
+
+
+def _wal_frames_written(store: SQLiteStore) -> int:
+    return (os.path.getsize(f"{store.path}-wal") - 32) // _WAL_FRAME
+
+
+def _wal_sequence(store: SQLiteStore) -> bytes:
+    with open(f"{store.path}-wal", "rb") as wal:
+        return wal.read(16)[12:]
+
+
+def _grow_wal(store: SQLiteStore, writer: sqlite3.Connection) -> None:
+    while _wal_frames_written(store) < store.restart_wal_frames:
+        _commit(store, writer)
+
+
+def test_the_checkpointer_starts_a_long_wal_over_though_commits_land_while_it_copies(
+    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
+) -> None:
+    """A commit writes the WAL from its start only if every frame had been copied back when its
+    transaction began, which PASSIVE checkpoints never achieve under steady intake: the WAL grew until
+    a commit ran SQLite's own checkpoint while its batch waited."""
+    store, writer, checkpointer = wal_store
+    _grow_wal(store, writer)
+    sequence = _wal_sequence(store)
+    assert store._checkpoint(_CommitsLandWhilePassiveCopies(checkpointer, store, writer))  # type: ignore[arg-type]
+    _commit(store, writer)
+    assert _wal_sequence(store) != sequence  # this commit wrote the WAL from its start
+
+
+def test_the_checkpointer_leaves_a_short_wal_to_passive_checkpoints(
+    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
+) -> None:
+    store, writer, checkpointer = wal_store
+    _commit(store, writer)
+    assert _wal_frames_written(store) < store.restart_wal_frames
+    assert not store._checkpoint(checkpointer)
+
+
+def test_the_checkpointer_does_not_keep_the_writer_waiting_on_a_reader(
+    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
+) -> None:
+    """RESTART holds the write lock while it waits for readers, so it gives up after its own short
+    wait, not the store's busy timeout, and starts the WAL over on a later try."""
+    store, writer, checkpointer = wal_store
+    _grow_wal(store, writer)
+    reader = store._connect()
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM events").fetchone()  # a snapshot the WAL must keep
+        _commit(store, writer)
+        started = time.monotonic()
+        assert not store._checkpoint(checkpointer)
+        assert time.monotonic() - started < store.busy_timeout_ms / 1000 / 2
+    finally:
+        reader.close()
+    assert store._checkpoint(checkpointer)

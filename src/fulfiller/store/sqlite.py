@@ -5,7 +5,8 @@ the event loop's interpreter lock; every other write goes through the writer thr
 
 Checkpoints (copying the WAL back into the database file, and its fsync) run in
 a thread of their own: left to SQLite, every thousandth page written makes one
-commit do it, and the writes waiting on that commit wait 50-200 ms.
+commit do it, and the writes waiting on that commit wait 50-200 ms. The thread
+also starts the WAL over once it is long (see ``SQLiteStore._checkpoint``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class SQLiteStore(SqlStore):
     checkpoint_every_s = 0.2  # about SQLite's own cadence (1000 pages) at full intake
     # The writer's own checkpoints only bound the WAL should the checkpoint thread fall far behind.
     fallback_checkpoint_pages = 20_000
+    restart_wal_frames = 4096  # 16 MiB of 4 KiB pages: about a third of a second at full intake
+    restart_wait_ms = 10
 
     def __init__(self, url: str):
         super().__init__()
@@ -97,12 +100,12 @@ class SQLiteStore(SqlStore):
             await self._ingester.ensure_running()
 
     def _checkpoint_loop(self) -> None:
-        """Copy committed WAL pages into the database file, beside the writer: PASSIVE waits on nobody."""
+        """Checkpoint every ``checkpoint_every_s``, beside the writers, until the store closes."""
         conn = None
         while not self._stop_checkpoints.wait(self.checkpoint_every_s):
             try:
-                conn = conn or self._connect()
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                conn = conn or self._checkpoint_connection()
+                self._checkpoint(conn)
             except sqlite3.Error as exc:  # tried again next time; meanwhile the writer's fallback bounds the WAL
                 log.warning("WAL checkpoint failed: %s", exc)
                 if conn is not None:
@@ -110,6 +113,29 @@ class SQLiteStore(SqlStore):
                     conn = None
         if conn is not None:
             conn.close()
+
+    def _checkpoint_connection(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute(f"PRAGMA busy_timeout = {self.restart_wait_ms}")
+        return conn
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        """Copy committed WAL pages into the database file; once the WAL is ``restart_wal_frames`` long,
+        also make the next commit write it from the start again. True when it did.
+
+        PASSIVE copies beside the writers and waits on nobody. But a commit writes the WAL
+        from its start only if every frame had been copied when its transaction began, and under
+        steady intake some commit always began while the copy ran: the WAL grew to the writer's
+        fallback, and the commit that ran that checkpoint held its batch's acks 20-30 ms, every
+        second and a half. RESTART keeps new commits out while it copies what PASSIVE left (a
+        few hundred pages). It holds the write lock while it waits for the writer and readers, so
+        it waits at most ``restart_wait_ms`` (its connection's busy timeout), then tries next time.
+        """
+        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames < self.restart_wal_frames:
+            return False
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        return not busy
 
     def _migrate(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
