@@ -652,6 +652,9 @@ def main() -> int:
         print(f"ratio fulfiller/bare (median of rounds {', '.join(f'{x:.2f}' for x in ratios)}): {ratio:.2f} "
               f"(goal >= {GOAL_RATIO}); fulfiller p99 {f.p99_ms:.1f} ms (goal <= {GOAL_P99_MS:g} ms): "
               f"{'MET' if met else 'MISSED'}")
+        # A closed loop's tail follows the machine's hiccups as much as the server: the baseline's shows them.
+        print(f"p99 per round: fulfiller {', '.join(f'{r.p99_ms:.1f}' for r in runs['fulfiller'])} ms; bare "
+              f"Starlette {', '.join(f'{r.p99_ms:.1f}' for r in runs['bare'])} ms")
     for r in results.values():
         print(f"bottleneck for {r.name}: {bottleneck(r, args.senders)}")
     if args.json:
