@@ -37,6 +37,7 @@ on a small machine the senders and the server share the cores.
     .venv/bin/python bench/intake.py                       # 10 s per side, 64 raw senders
     .venv/bin/python bench/intake.py --client httpx --senders 4
     .venv/bin/python bench/intake.py --rate 1000           # latency at a steady 1000/s
+    .venv/bin/python bench/intake.py --ids random          # uuid4 event ids, as a publisher sends
     .venv/bin/python bench/intake.py --state postgresql://user:pass@host:5432/db --requests 30000
 """
 
@@ -256,6 +257,10 @@ class Load:
     run_id: str
     client: str = "httpx"
     rate: float | None = None  # paced: deliveries per second from this process (None: closed loop)
+    random_ids: bool = False  # uuid4 event ids, as a publisher's are; else ``run_id-n``, which sort in order
+
+    def event_id(self, n: int) -> str:
+        return uuid.uuid4().hex if self.random_ids else f"{self.run_id}-{n}"
 
 
 class Schedule:
@@ -354,7 +359,7 @@ async def _send_raw(load: Load) -> dict[str, Any]:
         try:
             while (slot := await schedule.next()) is not None:
                 n, started = slot
-                body, headers = signed_delivery(f"{load.run_id}-{n}")
+                body, headers = signed_delivery(load.event_id(n))
                 head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
                 request = (f"POST {PATH} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: {len(body)}\r\n"
                            f"{head}\r\n").encode() + body
@@ -389,7 +394,7 @@ async def _send_httpx(load: Load) -> dict[str, Any]:
             nonlocal errors
             while (slot := await schedule.next()) is not None:
                 n, started = slot
-                body, headers = signed_delivery(f"{load.run_id}-{n}")
+                body, headers = signed_delivery(load.event_id(n))
                 try:
                     response = await client.post(PATH, content=body, headers=headers)
                 except httpx.HTTPError:
@@ -425,7 +430,7 @@ def _loop_factory() -> Any:
 
 
 def drive(url: str, *, concurrency: int, senders: int, seconds: float | None, requests: int | None,
-          tag: str, client: str = "httpx", rate: float | None = None) -> dict[str, Any]:
+          tag: str, client: str = "httpx", rate: float | None = None, random_ids: bool = False) -> dict[str, Any]:
     """Run the load from ``senders`` processes started together; merge what they measured."""
     ctx = mp.get_context("spawn")
     ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
@@ -434,7 +439,7 @@ def drive(url: str, *, concurrency: int, senders: int, seconds: float | None, re
     for i, conns in enumerate(shares):
         share = None if requests is None else requests * conns // concurrency
         load = Load(url, conns, seconds, share, f"{tag}-{i}-{uuid.uuid4().hex[:8]}", client,
-                    None if rate is None else rate * conns / concurrency)
+                    None if rate is None else rate * conns / concurrency, random_ids)
         procs.append(ctx.Process(target=_sender_process, args=(load, ready, go, out), daemon=True))
     for proc in procs:
         proc.start()
@@ -497,14 +502,14 @@ class Result:
 def warm(server: Server, args: argparse.Namespace) -> None:
     """Connections, imports, caches, the SQLite file's first pages: not on the clock."""
     drive(server.url, concurrency=args.concurrency, senders=args.senders, seconds=None,
-          requests=args.warmup, tag="warm", client=args.client)
+          requests=args.warmup, tag="warm", client=args.client, random_ids=args.ids == "random")
 
 
 def measure(server: Server, args: argparse.Namespace, seconds: float | None, requests: int | None) -> Result:
     (main0, other0, child0), (queued0, child_queued0) = server.cpu_s(), server.queued_s()
     load0 = os.getloadavg()[0]
     stats = drive(server.url, concurrency=args.concurrency, senders=args.senders, seconds=seconds,
-                  requests=requests, tag="run", client=args.client, rate=args.rate)
+                  requests=requests, tag="run", client=args.client, rate=args.rate, random_ids=args.ids == "random")
     (main1, other1, child1), (queued1, child_queued1) = server.cpu_s(), server.queued_s()
     latencies = sorted(stats["latencies"])
     ok = stats["statuses"].get(202, 0)
@@ -581,6 +586,10 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help="pace the deliveries at this many per second in all (default: closed loop, "
                              "each sender as fast as it is answered); latency then counts from when each was due")
+    parser.add_argument("--ids", choices=["sequential", "random"], default="sequential",
+                        help="event ids: sequential per sender (default), or random (uuid4), as a publisher "
+                             "generates them: each delivery then lands on its own pages of every index keyed "
+                             "by the id or the creative, and a commit writes several times as many pages")
     parser.add_argument("--warmup", type=int, default=1000, help="deliveries before measuring")
     parser.add_argument("--rounds", type=int, default=3, help="alternate the two sides this many times")
     parser.add_argument("--only", choices=["fulfiller", "bare"], help="measure one side only")
@@ -605,7 +614,8 @@ def main() -> int:
     span = f"{args.seconds:g} s" if args.seconds is not None else f"{args.requests} deliveries"
     pacing = f"paced at {args.rate:g}/s" if args.rate else "closed loop"
     print(f"{args.concurrency} concurrent {args.client} senders in {args.senders} process(es), {pacing}; "
-          f"{span} per side in {rounds} alternating round(s), after {args.warmup} warm-up deliveries; "
+          f"{args.ids} event ids; {span} per side in {rounds} alternating round(s), after {args.warmup} warm-up "
+          f"deliveries; "
           f"{os.cpu_count()} CPU(s); uvicorn on {server_stack()}; state {state.split('://')[0]}"
           f"{' (temp file, WAL, synchronous=FULL)' if not args.state else ''}")
     runs: dict[str, list[Result]] = {side: [] for side in sides}
