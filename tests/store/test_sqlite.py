@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from fulfiller.store.sql import Ingest
-from fulfiller.store.sqlite import SQLiteStore
+from fulfiller.store.sql import Ingest, migrations
+from fulfiller.store.sqlite import SQLITE, SQLiteStore
 from store.builders import requested
 
 
@@ -168,3 +168,35 @@ def test_the_checkpointer_does_not_keep_the_writer_waiting_on_a_reader(
     finally:
         reader.close()
     assert store._checkpoint(checkpointer)
+
+
+def test_version_3_builds_jobs_again_without_the_unique_event_id_and_keeps_every_row(tmp_path: Path) -> None:
+    """SQLite drops a constraint by building the table again; the jobs, their indexes and the attempts
+    that reference them all survive it, and foreign keys are enforced again after."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
+    conn = store._connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")  # the schema as version 2 left it, with jobs and their attempts
+        cur.execute("CREATE TABLE fulfiller_schema (version INTEGER NOT NULL)")
+        for version, statements in enumerate(migrations(SQLITE)[:2], start=1):
+            for sql in statements:
+                cur.execute(sql)
+            cur.execute("INSERT INTO fulfiller_schema (version) VALUES (?)", (version,))
+        assert store._run_writes(cur, [Ingest(store, requested(f"evt-{n}")) for n in range(5)]) == [True] * 5
+        cur.execute("INSERT INTO attempts (job_id, step, started_at, duration_ms) SELECT id, 'upload', 0, 1 FROM jobs")
+        cur.execute("COMMIT")
+        jobs_before = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+
+        store._migrate(conn)
+
+        assert conn.execute("SELECT * FROM jobs ORDER BY id").fetchall() == jobs_before
+        indexes = {name: origin for _, name, _, origin, _ in conn.execute("PRAGMA index_list(jobs)")}
+        assert "u" not in indexes.values()  # no UNIQUE constraint's index is left
+        assert {"jobs_runnable", "jobs_created", "jobs_storage_key", "jobs_coords"} <= set(indexes)
+        assert conn.execute("SELECT count(*) FROM attempts JOIN jobs ON jobs.id = attempts.job_id").fetchone() == (5,)
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert conn.execute("SELECT max(version) FROM fulfiller_schema").fetchone() == (len(migrations(SQLITE)),)
+    finally:
+        conn.close()

@@ -48,7 +48,8 @@ from fulfiller.store.sql import Dialect, Ingest, SqlStore
 log = logging.getLogger("fulfiller.store.postgres")
 
 POSTGRES = Dialect(
-    placeholder="%s", serial_pk="BIGSERIAL PRIMARY KEY", begin="BEGIN", skip_locked=" FOR UPDATE SKIP LOCKED"
+    name="postgresql", placeholder="%s", serial_pk="BIGSERIAL PRIMARY KEY", begin="BEGIN",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
 )
 CHANNEL = "fulfiller_jobs"
 # pg_advisory_xact_lock key held while migrating ("fulf" in ASCII).

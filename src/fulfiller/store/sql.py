@@ -80,6 +80,7 @@ _EARLY_LIFECYCLE = (
 class Dialect:
     """What differs between the SQL databases we speak."""
 
+    name: str  # "sqlite" or "postgresql": for the few migrations whose SQL differs
     placeholder: str  # "?" or "%s"
     serial_pk: str  # an auto-increment primary key column type
     begin: str  # a write transaction that takes the write lock at once
@@ -91,8 +92,7 @@ class Dialect:
 
 def migrations(d: Dialect) -> list[list[str]]:
     """Schema versions in order; version N is ``migrations()[N-1]``."""
-    return [
-        [
+    first = [  # version 1, its text as it ran (version 3 builds the jobs table again from it)
             """CREATE TABLE events (
                 event_id TEXT PRIMARY KEY,
                 topic TEXT NOT NULL,
@@ -157,12 +157,33 @@ def migrations(d: Dialect) -> list[list[str]]:
             " WHERE lc_status IS NOT NULL AND applied_job IS NULL",
             "CREATE INDEX events_lc_early_coords ON events (lc_coords, received_at)"
             " WHERE lc_status IS NOT NULL AND applied_job IS NULL",
-        ],
+    ]
+    return [
+        first,
         [
             # The partial indexes above hold exactly the pending lifecycle events, so "is any pending?"
             # reads one of them; this index only cost every stored event one more insert.
             "DROP INDEX IF EXISTS events_pending_lc",
         ],
+        # jobs.event_id need not be unique in the schema: a job is inserted only with its event, in one
+        # transaction, and events.event_id is the key that refuses a duplicate. The index was never read,
+        # and with a publisher's random event ids every new job wrote a page of it somewhere else.
+        _rebuild_jobs_without_unique_event_id(first) if d.name == "sqlite"
+        else ["ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_event_id_key"],
+    ]
+
+
+def _rebuild_jobs_without_unique_event_id(first: list[str]) -> list[str]:
+    """SQLite cannot drop a column constraint: the table is built again (its "12-step" ALTER TABLE), from
+    the statements that built it first, minus the constraint. The store runs it with foreign keys off."""
+    table = next(sql for sql in first if sql.startswith("CREATE TABLE jobs ("))
+    indexes = [sql for sql in first if sql.startswith("CREATE INDEX jobs_")]
+    return [
+        table.replace("CREATE TABLE jobs (", "CREATE TABLE jobs_rebuilt (").replace(" UNIQUE REFERENCES ", " REFERENCES "),
+        "INSERT INTO jobs_rebuilt SELECT * FROM jobs",
+        "DROP TABLE jobs",
+        "ALTER TABLE jobs_rebuilt RENAME TO jobs",
+        *indexes,
     ]
 
 

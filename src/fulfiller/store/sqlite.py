@@ -28,7 +28,9 @@ from fulfiller.store.sql import Dialect, SqlStore
 
 log = logging.getLogger("fulfiller.store.sqlite")
 
-SQLITE = Dialect(placeholder="?", serial_pk="INTEGER PRIMARY KEY AUTOINCREMENT", begin="BEGIN IMMEDIATE", skip_locked="")
+SQLITE = Dialect(
+    name="sqlite", placeholder="?", serial_pk="INTEGER PRIMARY KEY AUTOINCREMENT", begin="BEGIN IMMEDIATE", skip_locked=""
+)
 
 
 class SQLiteStore(SqlStore):
@@ -138,13 +140,23 @@ class SQLiteStore(SqlStore):
         return not busy
 
     def _migrate(self, conn: Any) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+        # A migration may build a table again (SQLite's way to drop a constraint), and dropping the old
+        # one with foreign keys on would delete, or refuse, the rows that reference it. Foreign keys are
+        # off while migrating (the pragma is ignored inside a transaction) and checked before commit.
+        conn.execute("PRAGMA foreign_keys = OFF")
         try:
-            self._apply_migrations(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply_migrations(conn)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                if broken is not None:
+                    raise sqlite3.IntegrityError(f"migration left a row without its parent: {tuple(broken)}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
 
     def _integrity_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.IntegrityError,)
