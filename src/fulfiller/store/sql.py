@@ -179,7 +179,8 @@ def _rebuild_jobs_without_unique_event_id(first: list[str]) -> list[str]:
     table = next(sql for sql in first if sql.startswith("CREATE TABLE jobs ("))
     indexes = [sql for sql in first if sql.startswith("CREATE INDEX jobs_")]
     return [
-        table.replace("CREATE TABLE jobs (", "CREATE TABLE jobs_rebuilt (").replace(" UNIQUE REFERENCES ", " REFERENCES "),
+        table.replace("CREATE TABLE jobs (", "CREATE TABLE jobs_rebuilt (")
+        .replace(" UNIQUE REFERENCES ", " REFERENCES "),
         "INSERT INTO jobs_rebuilt SELECT * FROM jobs",
         "DROP TABLE jobs",
         "ALTER TABLE jobs_rebuilt RENAME TO jobs",
@@ -233,17 +234,20 @@ class SqlStore(Store):
         finally:
             conn.close()
 
-    def _apply_migrations(self, conn: Any) -> None:
+    def _apply_migrations(self, conn: Any) -> int:
+        """Apply the versions the database lacks, in the caller's transaction; how many it applied."""
         cur = conn.cursor()
         cur.execute("CREATE TABLE IF NOT EXISTS fulfiller_schema (version INTEGER NOT NULL)")
         cur.execute("SELECT max(version) FROM fulfiller_schema")
         current = cur.fetchone()[0] or 0
-        for version, statements in enumerate(migrations(self.dialect), start=1):
+        versions = migrations(self.dialect)
+        for version, statements in enumerate(versions, start=1):
             if version <= current:
                 continue
             for sql in statements:
                 cur.execute(sql)
             cur.execute(self.dialect.q("INSERT INTO fulfiller_schema (version) VALUES (?)"), (version,))
+        return max(0, len(versions) - current)
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -29,7 +29,8 @@ from fulfiller.store.sql import Dialect, SqlStore
 log = logging.getLogger("fulfiller.store.sqlite")
 
 SQLITE = Dialect(
-    name="sqlite", placeholder="?", serial_pk="INTEGER PRIMARY KEY AUTOINCREMENT", begin="BEGIN IMMEDIATE", skip_locked=""
+    name="sqlite", placeholder="?", serial_pk="INTEGER PRIMARY KEY AUTOINCREMENT", begin="BEGIN IMMEDIATE",
+    skip_locked="",
 )
 
 
@@ -147,8 +148,9 @@ class SQLiteStore(SqlStore):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                self._apply_migrations(conn)
-                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                applied = self._apply_migrations(conn)
+                # The check reads every row: only after a migration, not at every start.
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone() if applied else None
                 if broken is not None:
                     raise sqlite3.IntegrityError(f"migration left a row without its parent: {tuple(broken)}")
                 conn.execute("COMMIT")
