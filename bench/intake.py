@@ -499,17 +499,21 @@ class Result:
                 f"[{codes}{f' errors={self.errors}' if self.errors else ''}]")
 
 
+def drive_args(server: Server, args: argparse.Namespace, **kwargs: Any) -> dict[str, Any]:
+    """``drive`` against ``server`` with the load the command line asked for."""
+    return drive(server.url, concurrency=args.concurrency, senders=args.senders, client=args.client,
+                 random_ids=args.ids == "random", **kwargs)
+
+
 def warm(server: Server, args: argparse.Namespace) -> None:
     """Connections, imports, caches, the SQLite file's first pages: not on the clock."""
-    drive(server.url, concurrency=args.concurrency, senders=args.senders, seconds=None,
-          requests=args.warmup, tag="warm", client=args.client, random_ids=args.ids == "random")
+    drive_args(server, args, seconds=None, requests=args.warmup, tag="warm")
 
 
 def measure(server: Server, args: argparse.Namespace, seconds: float | None, requests: int | None) -> Result:
     (main0, other0, child0), (queued0, child_queued0) = server.cpu_s(), server.queued_s()
     load0 = os.getloadavg()[0]
-    stats = drive(server.url, concurrency=args.concurrency, senders=args.senders, seconds=seconds,
-                  requests=requests, tag="run", client=args.client, rate=args.rate, random_ids=args.ids == "random")
+    stats = drive_args(server, args, seconds=seconds, requests=requests, tag="run", rate=args.rate)
     (main1, other1, child1), (queued1, child_queued1) = server.cpu_s(), server.queued_s()
     latencies = sorted(stats["latencies"])
     ok = stats["statuses"].get(202, 0)
@@ -614,9 +618,8 @@ def main() -> int:
     span = f"{args.seconds:g} s" if args.seconds is not None else f"{args.requests} deliveries"
     pacing = f"paced at {args.rate:g}/s" if args.rate else "closed loop"
     print(f"{args.concurrency} concurrent {args.client} senders in {args.senders} process(es), {pacing}; "
-          f"{args.ids} event ids; {span} per side in {rounds} alternating round(s), after {args.warmup} warm-up "
-          f"deliveries; "
-          f"{os.cpu_count()} CPU(s); uvicorn on {server_stack()}; state {state.split('://')[0]}"
+          f"{args.ids} event ids; {span} per side in {rounds} alternating round(s), after {args.warmup} "
+          f"warm-up deliveries; {os.cpu_count()} CPU(s); uvicorn on {server_stack()}; state {state.split('://')[0]}"
           f"{' (temp file, WAL, synchronous=FULL)' if not args.state else ''}")
     runs: dict[str, list[Result]] = {side: [] for side in sides}
     servers: dict[str, Server] = {}

@@ -250,11 +250,7 @@ async def test_version_3_drops_the_unique_job_event_id_and_keeps_the_jobs(
     pg_url: str, stores: list[PostgresStore]
 ) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema as version 2 left it, with a job
-        conn.execute("CREATE TABLE fulfiller_schema (version INTEGER NOT NULL)")
-        for version, statements in enumerate(migrations(POSTGRES)[:2], start=1):
-            for sql in statements:
-                conn.execute(sql)
-            conn.execute("INSERT INTO fulfiller_schema (version) VALUES (%s)", (version,))
+        assert PostgresStore(pg_url)._apply_migrations(conn, upto=2) == 2
         conn.execute("INSERT INTO events (event_id, topic, received_at, body) VALUES ('evt-1', 't', 0, '')")
         conn.execute("INSERT INTO jobs (id, event_id, status, payload, created_at, updated_at)"
                      " VALUES ('job_1', 'evt-1', 'queued', '{}', 0, 0)")

@@ -63,7 +63,6 @@ def test_a_large_batch_writes_no_temporary_file(tmp_path: Path) -> None:
         conn.close()
 
 
-
 class _CommitsLandWhilePassiveCopies:
     """The checkpointer's connection, with a commit landing during each of its PASSIVE checkpoints,
     as one always does under steady intake: its transaction began before the copy ended."""
@@ -178,11 +177,7 @@ def test_version_3_builds_jobs_again_without_the_unique_event_id_and_keeps_every
     try:
         cur = conn.cursor()
         cur.execute("BEGIN IMMEDIATE")  # the schema as version 2 left it, with jobs and their attempts
-        cur.execute("CREATE TABLE fulfiller_schema (version INTEGER NOT NULL)")
-        for version, statements in enumerate(migrations(SQLITE)[:2], start=1):
-            for sql in statements:
-                cur.execute(sql)
-            cur.execute("INSERT INTO fulfiller_schema (version) VALUES (?)", (version,))
+        assert store._apply_migrations(conn, upto=2) == 2
         assert store._run_writes(cur, [Ingest(store, requested(f"evt-{n}")) for n in range(5)]) == [True] * 5
         cur.execute("INSERT INTO attempts (job_id, step, started_at, duration_ms) SELECT id, 'upload', 0, 1 FROM jobs")
         cur.execute("COMMIT")

@@ -234,13 +234,14 @@ class SqlStore(Store):
         finally:
             conn.close()
 
-    def _apply_migrations(self, conn: Any) -> int:
-        """Apply the versions the database lacks, in the caller's transaction; how many it applied."""
+    def _apply_migrations(self, conn: Any, upto: int | None = None) -> int:
+        """Apply the versions the database lacks (up to ``upto``, or all), in the caller's transaction; how
+        many it applied."""
         cur = conn.cursor()
         cur.execute("CREATE TABLE IF NOT EXISTS fulfiller_schema (version INTEGER NOT NULL)")
         cur.execute("SELECT max(version) FROM fulfiller_schema")
         current = cur.fetchone()[0] or 0
-        versions = migrations(self.dialect)
+        versions = migrations(self.dialect)[:upto]
         for version, statements in enumerate(versions, start=1):
             if version <= current:
                 continue
