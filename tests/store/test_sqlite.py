@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,20 +65,32 @@ def test_a_large_batch_writes_no_temporary_file(tmp_path: Path) -> None:
 
 
 class _CommitsLandWhilePassiveCopies:
-    """The checkpointer's connection, with a commit landing during each of its PASSIVE checkpoints,
-    as one always does under steady intake: its transaction began before the copy ended."""
+    """The checkpointer's connection, with commits landing during each of its PASSIVE checkpoints,
+    as they always do under steady intake: their transaction began before the copy ended.
 
-    def __init__(self, conn: sqlite3.Connection, store: SQLiteStore, writer: sqlite3.Connection) -> None:
+    ``landing`` is how many batches land during each pass in turn (one each after those). It records
+    the frames that landed during each pass, and how many RESTART was left to copy."""
+
+    def __init__(self, conn: sqlite3.Connection, store: SQLiteStore, writer: sqlite3.Connection,
+                 landing: tuple[int, ...] = ()) -> None:
         self.conn, self.store, self.writer = conn, store, writer
+        self.landing = list(landing)
+        self.landed: list[int] = []
+        self.left_to_restart: int | None = None
 
     def execute(self, sql: str) -> Any:
+        if "RESTART" in sql:
+            self.left_to_restart = _wal_frames_not_copied(self.store)
         if "PASSIVE" not in sql:
             return self.conn.execute(sql)
+        before = _wal_index(self.store)[0]
         cur = self.writer.cursor()
         cur.execute("BEGIN IMMEDIATE")
-        self.store._run_writes(cur, _batch(self.store))
+        for _ in range(self.landing.pop(0) if self.landing else 1):
+            self.store._run_writes(cur, _batch(self.store))
         row = self.conn.execute(sql).fetchone()
         cur.execute("COMMIT")
+        self.landed.append(_wal_index(self.store)[0] - before)
         return SimpleNamespace(fetchone=lambda: row)
 
 
@@ -112,6 +125,19 @@ def _commit(store: SQLiteStore, writer: sqlite3.Connection) -> None:
 _WAL_FRAME = 24 + 4096
 
 
+def _wal_index(store: SQLiteStore) -> tuple[int, int]:
+    """The last committed WAL frame and the last one copied into the database file, from the WAL index
+    (the -shm file: ``mxFrame`` at byte 16 of its header, the checkpoint's ``nBackfill`` at byte 96)."""
+    with open(f"{store.path}-shm", "rb") as shm:
+        head = shm.read(100)
+    return struct.unpack_from("=I", head, 16)[0], struct.unpack_from("=I", head, 96)[0]
+
+
+def _wal_frames_not_copied(store: SQLiteStore) -> int:
+    last, copied = _wal_index(store)
+    return last - copied
+
+
 def _wal_frames_written(store: SQLiteStore) -> int:
     return (os.path.getsize(f"{store.path}-wal") - 32) // _WAL_FRAME
 
@@ -138,6 +164,21 @@ def test_the_checkpointer_starts_a_long_wal_over_though_commits_land_while_it_co
     assert store._checkpoint(_CommitsLandWhilePassiveCopies(checkpointer, store, writer))  # type: ignore[arg-type]
     _commit(store, writer)
     assert _wal_sequence(store) != sequence  # this commit wrote the WAL from its start
+
+
+def test_restart_copies_only_what_landed_during_the_last_catch_up_pass(
+    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
+) -> None:
+    """RESTART holds every commit off while it copies what is left and syncs the database file. What
+    landed during the first pass (an interval's intake) is copied by more PASSIVE passes first, each
+    shorter than the one before, so RESTART copies only what landed during the last."""
+    store, writer, checkpointer = wal_store
+    _grow_wal(store, writer)
+    conn = _CommitsLandWhilePassiveCopies(checkpointer, store, writer, landing=(12,))
+    assert store._checkpoint(conn)  # type: ignore[arg-type]
+    assert conn.left_to_restart == conn.landed[-1]
+    assert conn.left_to_restart < conn.landed[0]
+    assert _wal_frames_not_copied(store) == 0
 
 
 def test_the_checkpointer_leaves_a_short_wal_to_passive_checkpoints(
