@@ -8,12 +8,14 @@ import sqlite3
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from fulfiller.store import sqlite as sqlite_store
 from fulfiller.store.sql import Ingest, migrations
 from fulfiller.store.sqlite import SQLITE, SQLiteStore
 from store.builders import requested
@@ -28,17 +30,20 @@ def test_every_connection_syncs_the_wal_at_each_commit(tmp_path: Path) -> None:
         conn.close()
 
 
-def _open_temp_files() -> list[str]:
-    """Files this process holds open that were deleted on opening: how SQLite keeps its temporary files."""
+def _open_files() -> list[str]:
+    """What this process's file descriptors point at."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:  # the listing's own descriptor, closed by now
             continue
-        if target.endswith("(deleted)"):
-            found.append(target)
     return found
+
+
+def _open_temp_files() -> list[str]:
+    """Files this process holds open that were deleted on opening: how SQLite keeps its temporary files."""
+    return [target for target in _open_files() if target.endswith("(deleted)")]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads open files from /proc")
@@ -69,7 +74,8 @@ class _CommitsLandWhilePassiveCopies:
     as they always do under steady intake: their transaction began before the copy ended.
 
     ``landing`` is how many batches land during each pass in turn (one each after those). It records
-    the frames that landed during each pass, and how many RESTART was left to copy."""
+    the frames that landed during each pass, and how many frames had been copied back, and how many
+    were left to copy, when RESTART began."""
 
     def __init__(self, conn: sqlite3.Connection, store: SQLiteStore, writer: sqlite3.Connection,
                  landing: tuple[int, ...] = ()) -> None:
@@ -77,10 +83,12 @@ class _CommitsLandWhilePassiveCopies:
         self.landing = list(landing)
         self.landed: list[int] = []
         self.left_to_restart: int | None = None
+        self.copied_at_restart: int | None = None
 
     def execute(self, sql: str) -> Any:
         if "RESTART" in sql:
             self.left_to_restart = _wal_frames_not_copied(self.store)
+            self.copied_at_restart = _wal_index(self.store)[1]
         if "PASSIVE" not in sql:
             return self.conn.execute(sql)
         before = _wal_index(self.store)[0]
@@ -102,17 +110,32 @@ def _batch(store: SQLiteStore) -> list[Ingest]:
     return [Ingest(store, requested(f"{n}_{k}")) for k in range(8)]
 
 
+@dataclass
+class _Wal:
+    """A store with a short restart length, a writer's connection, and the checkpointer's connection and
+    descriptor of the database file."""
+
+    store: SQLiteStore
+    writer: sqlite3.Connection
+    checkpointer: sqlite3.Connection
+    database_fd: int
+
+    def checkpoint(self, conn: Any = None) -> bool:
+        return self.store._checkpoint(conn or self.checkpointer, self.database_fd)
+
+
 @pytest.fixture
-def wal_store(tmp_path: Path) -> Iterator[tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection]]:
-    """A store with a short restart length, a writer's connection and the checkpointer's."""
+def wal(tmp_path: Path) -> Iterator[_Wal]:
     store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
     store.restart_wal_frames = 64
     writer = store._connect()
     store._migrate(writer)
     checkpointer = store._checkpoint_connection()
-    yield store, writer, checkpointer
+    database_fd = os.open(store.path, os.O_RDONLY)
+    yield _Wal(store, writer, checkpointer, database_fd)
     writer.close()
     checkpointer.close()
+    os.close(database_fd)  # after the connections, as the store does
 
 
 def _commit(store: SQLiteStore, writer: sqlite3.Connection) -> None:
@@ -152,62 +175,78 @@ def _grow_wal(store: SQLiteStore, writer: sqlite3.Connection) -> None:
         _commit(store, writer)
 
 
-def test_the_checkpointer_starts_a_long_wal_over_though_commits_land_while_it_copies(
-    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
-) -> None:
+def test_the_checkpointer_starts_a_long_wal_over_though_commits_land_while_it_copies(wal: _Wal) -> None:
     """A commit writes the WAL from its start only if every frame had been copied back when its
     transaction began, which PASSIVE checkpoints never achieve under steady intake: the WAL grew until
     a commit ran SQLite's own checkpoint while its batch waited."""
-    store, writer, checkpointer = wal_store
-    _grow_wal(store, writer)
-    sequence = _wal_sequence(store)
-    assert store._checkpoint(_CommitsLandWhilePassiveCopies(checkpointer, store, writer))  # type: ignore[arg-type]
-    _commit(store, writer)
-    assert _wal_sequence(store) != sequence  # this commit wrote the WAL from its start
+    _grow_wal(wal.store, wal.writer)
+    sequence = _wal_sequence(wal.store)
+    assert wal.checkpoint(_CommitsLandWhilePassiveCopies(wal.checkpointer, wal.store, wal.writer))
+    _commit(wal.store, wal.writer)
+    assert _wal_sequence(wal.store) != sequence  # this commit wrote the WAL from its start
 
 
-def test_restart_copies_only_what_landed_during_the_last_catch_up_pass(
-    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
-) -> None:
+def test_restart_copies_only_what_landed_during_the_last_catch_up_pass(wal: _Wal) -> None:
     """RESTART holds every commit off while it copies what is left and syncs the database file. What
     landed during the first pass (an interval's intake) is copied by more PASSIVE passes first, each
     shorter than the one before, so RESTART copies only what landed during the last."""
-    store, writer, checkpointer = wal_store
-    _grow_wal(store, writer)
-    conn = _CommitsLandWhilePassiveCopies(checkpointer, store, writer, landing=(12,))
-    assert store._checkpoint(conn)  # type: ignore[arg-type]
+    _grow_wal(wal.store, wal.writer)
+    conn = _CommitsLandWhilePassiveCopies(wal.checkpointer, wal.store, wal.writer, landing=(12,))
+    assert wal.checkpoint(conn)
     assert conn.left_to_restart == conn.landed[-1]
     assert conn.left_to_restart < conn.landed[0]
-    assert _wal_frames_not_copied(store) == 0
+    assert _wal_frames_not_copied(wal.store) == 0
 
 
-def test_the_checkpointer_leaves_a_short_wal_to_passive_checkpoints(
-    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
+def test_what_the_passes_copied_is_synced_before_restart_holds_commits_off(
+    wal: _Wal, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store, writer, checkpointer = wal_store
-    _commit(store, writer)
-    assert _wal_frames_written(store) < store.restart_wal_frames
-    assert not store._checkpoint(checkpointer)
+    """SQLite syncs the database file after a pass only if it copied the whole WAL, which under intake
+    none does, so RESTART's own sync would write out every page the passes copied while commits wait.
+    The checkpointer has synced all of it when RESTART begins."""
+    _grow_wal(wal.store, wal.writer)
+    synced: list[int] = []  # the frames copied back when each of the checkpointer's syncs began
+
+    def sync(fd: int) -> None:
+        synced.append(_wal_index(wal.store)[1])
+        os.fsync(fd)
+
+    monkeypatch.setattr(sqlite_store, "_sync", sync)
+    conn = _CommitsLandWhilePassiveCopies(wal.checkpointer, wal.store, wal.writer)
+    assert wal.checkpoint(conn)
+    assert synced and synced[-1] == conn.copied_at_restart
 
 
-def test_the_checkpointer_does_not_keep_the_writer_waiting_on_a_reader(
-    wal_store: tuple[SQLiteStore, sqlite3.Connection, sqlite3.Connection],
-) -> None:
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads open files from /proc")
+async def test_a_closed_store_leaves_no_descriptor_of_its_database_open(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
+    await store.open()
+    assert os.path.realpath(store.path) in _open_files()
+    await store.close()
+    assert os.path.realpath(store.path) not in _open_files()
+
+
+def test_the_checkpointer_leaves_a_short_wal_to_passive_checkpoints(wal: _Wal) -> None:
+    _commit(wal.store, wal.writer)
+    assert _wal_frames_written(wal.store) < wal.store.restart_wal_frames
+    assert not wal.checkpoint()
+
+
+def test_the_checkpointer_does_not_keep_the_writer_waiting_on_a_reader(wal: _Wal) -> None:
     """RESTART holds the write lock while it waits for readers, so it gives up after its own short
     wait, not the store's busy timeout, and starts the WAL over on a later try."""
-    store, writer, checkpointer = wal_store
-    _grow_wal(store, writer)
-    reader = store._connect()
+    _grow_wal(wal.store, wal.writer)
+    reader = wal.store._connect()
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM events").fetchone()  # a snapshot the WAL must keep
-        _commit(store, writer)
+        _commit(wal.store, wal.writer)
         started = time.monotonic()
-        assert not store._checkpoint(checkpointer)
-        assert time.monotonic() - started < store.busy_timeout_ms / 1000 / 2
+        assert not wal.checkpoint()
+        assert time.monotonic() - started < wal.store.busy_timeout_ms / 1000 / 2
     finally:
         reader.close()
-    assert store._checkpoint(checkpointer)
+    assert wal.checkpoint()
 
 
 def test_version_3_builds_jobs_again_without_the_unique_event_id_and_keeps_every_row(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from fulfiller.store.ingester import IngestProcess
 from fulfiller.store.sql import Dialect, SqlStore
 
 log = logging.getLogger("fulfiller.store.sqlite")
+
+_sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 SQLITE = Dialect(
     name="sqlite", placeholder="?", serial_pk="INTEGER PRIMARY KEY AUTOINCREMENT", begin="BEGIN IMMEDIATE",
@@ -60,6 +63,7 @@ class SQLiteStore(SqlStore):
         self._readers_lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
+        self._database_fd: int | None = None
         self._ingester = IngestProcess(url)
 
     def _connect(self) -> sqlite3.Connection:
@@ -82,6 +86,10 @@ class SQLiteStore(SqlStore):
     async def open(self) -> None:
         await super().open()
         self._stop_checkpoints.clear()
+        # For the checkpointer's own syncs of the database file. Closing a descriptor of a file drops
+        # every POSIX lock this process holds on it, SQLite's included: it is closed after the last
+        # connection (see close).
+        self._database_fd = os.open(self.path, os.O_RDONLY)
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="store-checkpointer", daemon=True)
         self._checkpointer.start()
 
@@ -106,11 +114,12 @@ class SQLiteStore(SqlStore):
     def _checkpoint_loop(self) -> None:
         """Checkpoint every ``checkpoint_every_s``, beside the writers, until the store closes."""
         conn = None
+        assert self._database_fd is not None
         while not self._stop_checkpoints.wait(self.checkpoint_every_s):
             try:
                 conn = conn or self._checkpoint_connection()
-                self._checkpoint(conn)
-            except sqlite3.Error as exc:  # tried again next time; meanwhile the writer's fallback bounds the WAL
+                self._checkpoint(conn, self._database_fd)
+            except (sqlite3.Error, OSError) as exc:  # tried again next time; meanwhile the writer's fallback bounds the WAL
                 log.warning("WAL checkpoint failed: %s", exc)
                 if conn is not None:
                     conn.close()
@@ -123,7 +132,7 @@ class SQLiteStore(SqlStore):
         conn.execute(f"PRAGMA busy_timeout = {self.restart_wait_ms}")
         return conn
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+    def _checkpoint(self, conn: sqlite3.Connection, database_fd: int) -> bool:
         """Copy committed WAL pages into the database file; once the WAL is ``restart_wal_frames`` long,
         also make the next commit write it from the start again. True when it did.
 
@@ -132,11 +141,17 @@ class SQLiteStore(SqlStore):
         steady intake some commit always began while the copy ran: the WAL grew to the writer's
         fallback, and the commit that ran that checkpoint held its batch's acks 20-30 ms, every
         second and a half. RESTART keeps new commits out while it copies what PASSIVE left and
-        syncs the database file, so every delivery in flight waits that long. Before it, PASSIVE
-        runs ``restart_catch_up_passes`` more times: each copies what landed during the pass
-        before, a shorter pass each time, and RESTART is left only what landed during the last.
-        (With a publisher's random event ids a commit dirties pages all over the indexes, and
-        RESTART after a single pass held commits off ~20 ms, four times a second.)
+        syncs the database file, so every delivery in flight waits that long. Two things keep it short:
+
+        - Before it, PASSIVE runs ``restart_catch_up_passes`` more times: each copies what landed
+          during the pass before, a shorter pass each time, and RESTART copies only what landed
+          during the last.
+        - SQLite syncs the database file only after a pass that copied the whole WAL, which under
+          intake none does: RESTART's sync would write out every page the passes copied. The
+          checkpointer syncs ``database_fd`` itself after each pass, beside the writers.
+
+        With a publisher's random event ids a commit dirties pages all over the indexes, and RESTART
+        after a single pass held commits off 10-20 ms, four times a second, longer as the database grew.
         RESTART holds the write lock while it waits for the writer and readers, so it waits at
         most ``restart_wait_ms`` (its connection's busy timeout), then tries next time.
         """
@@ -144,7 +159,9 @@ class SQLiteStore(SqlStore):
         if frames < self.restart_wal_frames:
             return False
         for _ in range(self.restart_catch_up_passes):
+            _sync(database_fd)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        _sync(database_fd)
         busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         return not busy
 
@@ -193,3 +210,6 @@ class SQLiteStore(SqlStore):
                 conn.close()
             self._readers.clear()
         self._local = threading.local()
+        if self._database_fd is not None:  # last: see open
+            os.close(self._database_fd)
+            self._database_fd = None
