@@ -74,21 +74,18 @@ class _CommitsLandWhilePassiveCopies:
     as they always do under steady intake: their transaction began before the copy ended.
 
     ``landing`` is how many batches land during each pass in turn (one each after those). It records
-    the frames that landed during each pass, and how many frames had been copied back, and how many
-    were left to copy, when RESTART began."""
+    the frames that landed during each pass, and the WAL index (``_wal_index``) when RESTART began."""
 
     def __init__(self, conn: sqlite3.Connection, store: SQLiteStore, writer: sqlite3.Connection,
                  landing: tuple[int, ...] = ()) -> None:
         self.conn, self.store, self.writer = conn, store, writer
         self.landing = list(landing)
         self.landed: list[int] = []
-        self.left_to_restart: int | None = None
-        self.copied_at_restart: int | None = None
+        self.at_restart: tuple[int, int] | None = None
 
     def execute(self, sql: str) -> Any:
         if "RESTART" in sql:
-            self.left_to_restart = _wal_frames_not_copied(self.store)
-            self.copied_at_restart = _wal_index(self.store)[1]
+            self.at_restart = _wal_index(self.store)
         if "PASSIVE" not in sql:
             return self.conn.execute(sql)
         before = _wal_index(self.store)[0]
@@ -156,11 +153,6 @@ def _wal_index(store: SQLiteStore) -> tuple[int, int]:
     return struct.unpack_from("=I", head, 16)[0], struct.unpack_from("=I", head, 96)[0]
 
 
-def _wal_frames_not_copied(store: SQLiteStore) -> int:
-    last, copied = _wal_index(store)
-    return last - copied
-
-
 def _wal_frames_written(store: SQLiteStore) -> int:
     return (os.path.getsize(f"{store.path}-wal") - 32) // _WAL_FRAME
 
@@ -193,9 +185,12 @@ def test_restart_copies_only_what_landed_during_the_last_catch_up_pass(wal: _Wal
     _grow_wal(wal.store, wal.writer)
     conn = _CommitsLandWhilePassiveCopies(wal.checkpointer, wal.store, wal.writer, landing=(12,))
     assert wal.checkpoint(conn)
-    assert conn.left_to_restart == conn.landed[-1]
-    assert conn.left_to_restart < conn.landed[0]
-    assert _wal_frames_not_copied(wal.store) == 0
+    assert conn.at_restart is not None
+    last, copied = conn.at_restart
+    assert last - copied == conn.landed[-1]
+    assert last - copied < conn.landed[0]
+    last, copied = _wal_index(wal.store)
+    assert last == copied
 
 
 def test_what_the_passes_copied_is_synced_before_restart_holds_commits_off(
@@ -214,7 +209,8 @@ def test_what_the_passes_copied_is_synced_before_restart_holds_commits_off(
     monkeypatch.setattr(sqlite_store, "_sync", sync)
     conn = _CommitsLandWhilePassiveCopies(wal.checkpointer, wal.store, wal.writer)
     assert wal.checkpoint(conn)
-    assert synced and synced[-1] == conn.copied_at_restart
+    assert conn.at_restart is not None
+    assert synced and synced[-1] == conn.at_restart[1]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads open files from /proc")

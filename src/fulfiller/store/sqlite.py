@@ -90,7 +90,8 @@ class SQLiteStore(SqlStore):
         # every POSIX lock this process holds on it, SQLite's included: it is closed after the last
         # connection (see close).
         self._database_fd = os.open(self.path, os.O_RDONLY)
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="store-checkpointer", daemon=True)
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(self._database_fd,),
+                                              name="store-checkpointer", daemon=True)
         self._checkpointer.start()
 
     def _ingester_serves(self) -> bool:
@@ -111,15 +112,14 @@ class SQLiteStore(SqlStore):
         if self._ingester_serves():
             await self._ingester.ensure_running()
 
-    def _checkpoint_loop(self) -> None:
+    def _checkpoint_loop(self, database_fd: int) -> None:
         """Checkpoint every ``checkpoint_every_s``, beside the writers, until the store closes."""
         conn = None
-        assert self._database_fd is not None
         while not self._stop_checkpoints.wait(self.checkpoint_every_s):
             try:
                 conn = conn or self._checkpoint_connection()
-                self._checkpoint(conn, self._database_fd)
-            except (sqlite3.Error, OSError) as exc:  # tried again next time; meanwhile the writer's fallback bounds the WAL
+                self._checkpoint(conn, database_fd)
+            except (sqlite3.Error, OSError) as exc:  # tried next time; meanwhile the writer's fallback bounds the WAL
                 log.warning("WAL checkpoint failed: %s", exc)
                 if conn is not None:
                     conn.close()
