@@ -230,8 +230,9 @@ BODY_TEMPLATE = json.dumps({
     "fulfillment": {
         "uploadUrl": "https://acct.r2.cloudflarestorage.com/masters/BENCH-CODE?X-Amz-Signature=abc",
         "storageKey": "fb-external/019d928c/BENCH-CODE/v2/en/9x16.video",
-        "expiresAt": "2099-01-01T00:00:00Z",
-        "completeCallbackUrl": "https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_abc/complete",
+        # Within the 24 hours a request may look ahead; one wait token per delivery (a repeated one is a duplicate).
+        "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600)),
+        "completeCallbackUrl": "https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_BENCH-CODE/complete",
     },
 })
 

@@ -365,10 +365,9 @@ def test_rerun_a_failed_job_until_it_completes(page: Any, console: Console) -> N
     assert steps.nth(2).get_attribute("data-outcome") == "bad"
     # credentials stay redacted on the page
     upload = page.get_by_test_id("upload-url")
-    expect(upload).to_contain_text(f"{console.platform.base_url}/r2/fb-external/")
-    expect(upload).to_contain_text("X-Amz-Expires=3600")
-    expect(upload).to_contain_text("credentials redacted")
-    expect(page.get_by_test_id("callback-url")).to_contain_text("/callbacks/tokens/REDACTED/complete")
+    expect(upload).to_contain_text(f"{console.platform.base_url}/r2/fb-external/REDACTED/")
+    expect(upload).not_to_contain_text("X-Amz-")  # the whole query is hidden
+    expect(page.get_by_test_id("callback-url")).to_contain_text("/callbacks/tokens/REDACTED/REDACTED")
     text = page.locator("body").inner_text()
     assert console.tokens["rerun"] not in text
     assert not any(sig in text for sig in console.signatures)
@@ -546,7 +545,7 @@ def test_admin_answers_seen_by_the_console_carry_no_credentials(console: Console
     texts = [console.proc.admin("GET", "/admin/jobs", params={"limit": 500}).text]
     texts += [console.proc.admin("GET", f"/admin/jobs/{j['id']}").text for j in jobs]
     blob = "\n".join(texts)
-    assert "X-Amz-Signature=REDACTED" in blob
+    assert "?REDACTED" in blob
     assert SECRET not in blob and ADMIN_TOKEN not in blob
     for signature in console.signatures:
         assert signature not in blob, "an upload URL's signature leaked into an admin answer"

@@ -260,6 +260,9 @@ def test_route_naming_a_missing_catalog() -> None:
     ("{code}/v{variation}/{size}", "size"),
     ("{code}/v{variation}/{locale}/", "last segment"),
     ("{code", "expected '}'"),
+    ("../{code}/{aspect}", "can never name"),
+    ("{code}/./{aspect}", "can never name"),
+    ("{code}\\\\{aspect}", "can never name"),
 ])
 def test_bad_layout(layout: str, message: str) -> None:
     errors = errors_of(MINIMAL.replace("local: {type: local}", f'local: {{type: local, layout: "{layout}"}}'))
@@ -288,6 +291,48 @@ def test_every_layout_placeholder_spec_lists_is_allowed() -> None:
 ])
 def test_bad_values_name_their_key(text: str, path: str) -> None:
     assert path in errors_of(text)
+
+
+# --- allow-lists and the admin token ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patterns", [
+    ["*.r2.cloudflarestorage.com", "uploads.example.com:443", "uploads.example.com:*", "127.0.0.1:9000",
+     "[::1]:8080", "[::1]:*", "::1", "*"],
+])
+def test_allow_list_patterns_spec_names_are_taken(patterns: list[str]) -> None:
+    text = MINIMAL + f"worker: {{allowed_upload_hosts: {patterns}, allowed_callback_hosts: {patterns}}}\n"
+    worker = parse_config(text, env={}).worker
+    assert worker.allowed_upload_hosts == worker.allowed_callback_hosts == patterns
+
+
+@pytest.mark.parametrize(("key", "patterns", "bad", "hint"), [
+    ("allowed_upload_hosts", ["ok.example", "https://uploads.example.com"], 1, "without a scheme"),
+    ("allowed_callback_hosts", ["api.trigger.dev/api/v1"], 0, "a path"),
+    ("allowed_upload_hosts", ["uploads.example.com:99999"], 0, "1-65535"),
+    ("allowed_upload_hosts", ["uploads.example.com:https"], 0, "1-65535"),
+    ("allowed_callback_hosts", ["api.trigger.dev "], 0, ""),
+    ("allowed_callback_hosts", [""], 0, ""),
+])
+def test_an_allow_list_pattern_that_can_never_match_is_an_error_naming_its_key(
+    key: str, patterns: list[str], bad: int, hint: str,
+) -> None:
+    errors = errors_of(MINIMAL + f"worker:\n  {key}: {patterns!r}\n")
+    assert list(errors) == [f"worker.{key}.{bad}"]
+    assert repr(patterns[bad]) in errors[f"worker.{key}.{bad}"] and hint in errors[f"worker.{key}.{bad}"]
+
+
+@pytest.mark.parametrize("token", ["tooshort", "fifteen-chars-x"])
+def test_an_admin_token_shorter_than_16_characters_is_an_error(token: str) -> None:
+    errors = errors_of(MINIMAL + "admin:\n  token: ${TOKEN}\n", env={"TOKEN": token})
+    assert list(errors) == ["admin.token"]
+    assert "at least 16 characters" in errors["admin.token"]
+    assert token not in errors["admin.token"]  # the message does not repeat the secret
+
+
+@pytest.mark.parametrize("token", ["", "sixteen-chars-ok"])
+def test_an_empty_or_long_enough_admin_token_is_taken(token: str) -> None:
+    assert parse_config(MINIMAL + "admin:\n  token: ${TOKEN:-}\n", env={"TOKEN": token}).admin.token == token
 
 
 def test_empty_catalogs_and_routes_are_refused() -> None:

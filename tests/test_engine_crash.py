@@ -10,13 +10,19 @@ token exactly once. The cut PUT is never kept as the object.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import sqlite3
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from support.fulfiller_proc import FulfillerProcess, attempts, fast_worker
-from support.platform import new_token, run_platform, source_requested, storage_key
+from support.odd_jobs import NESTED, job_row
+from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
 
 MEDIA = Path(__file__).parent / "media"
 MASTER_BYTES = 64 * 1024 * 1024
@@ -98,3 +104,81 @@ def test_sigkill_mid_upload_then_restart_completes_once(tmp_path: Path) -> None:
         # The killed run left no upload attempt behind (it died inside it); the second run made one.
         assert [a["http_status"] for a in attempts(job, "upload")] == [200]
         assert [a["http_status"] for a in attempts(job, "callback")] == [202]
+
+
+# --- poison pills: one job never stops a worker ---------------------------------------------------------
+# Rows written straight into the state (see support.odd_jobs) while ``fulfiller serve`` runs.
+
+
+def small_stack(tmp_path: Path, platform: PlatformDouble) -> FulfillerProcess:
+    """``fulfiller serve`` with a local catalog (``request`` puts each code's master there)."""
+    host = platform.base_url.removeprefix("http://")
+    masters = tmp_path / "masters"
+    return FulfillerProcess(tmp_path / "fulfiller", {
+        "worker": fast_worker([host], [host], lease_s=30),
+        "catalogs": {"local": {"type": "local", "root": str(masters)}},
+        "routes": [{"codes": ["*"], "catalog": "local"}],
+    })
+
+
+def request(platform: PlatformDouble, code: str, token: str, tmp_path: Path) -> dict[str, Any]:
+    master = tmp_path / "masters" / code / "v1" / "en" / "9x16.mp4"
+    master.parent.mkdir(parents=True, exist_ok=True)
+    master.write_bytes((MEDIA / "9x16.mp4").read_bytes())
+    key = storage_key(code, "9x16")
+    return source_requested(code, aspect="9x16", key=key, upload_url=platform.presign(key),
+                            callback_url=platform.callback_url(token))
+
+
+def insert_jobs(proc: FulfillerProcess, event_id: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Job rows as given (older than any other job), under a stored event; their ids."""
+    ids = []
+    with contextlib.closing(sqlite3.connect(proc.workdir / "fulfiller.db", timeout=10)) as db, db:
+        for row in rows:
+            job_id, sql, values = job_row(event_id, created_at=time.time() - 60, **row)
+            db.execute(sql, values)
+            ids.append(job_id)
+    return ids
+
+
+def test_a_job_that_cannot_be_loaded_or_run_ends_failed_and_the_worker_goes_on(tmp_path: Path) -> None:
+    with run_platform(tmp_path / "platform") as platform, small_stack(tmp_path, platform) as proc:
+        first = proc.wait_for_job(proc.deliver(request(platform, "POISON-0", new_token(), tmp_path)))
+        assert first["status"] == "completed", first
+        odd_deadline = request(platform, "POISON-1", new_token(), tmp_path)
+        poisoned = dict(zip(insert_jobs(proc, first["event_id"], [
+            {"payload": NESTED},
+            {"payload": "{not json"},
+            # Decodes, but its deadline is not a number: the engine's comparison raises.
+            {"payload": json.dumps(odd_deadline), "expires_at": "soon"},
+        ]), ["RecursionError", "JSONDecodeError", "TypeError"]))
+        after = proc.deliver(request(platform, "POISON-2", new_token(), tmp_path))
+
+        assert proc.wait_for_job(after)["status"] == "completed"
+        for job_id, error in poisoned.items():
+            job = proc.wait_for_job(job_id)
+            assert job["status"] == "failed", job
+            assert job["error"].startswith(f"internal error: {error}: "), job
+        assert platform.callbacks(odd_deadline["fulfillment"]["completeCallbackUrl"].split("/")[-2]) == []
+        assert proc.http.get(f"{proc.base_url}/readyz").status_code == 200
+        listed = proc.admin("GET", "/admin/jobs", params={"limit": 500})
+        assert listed.status_code == 200 and set(poisoned) <= {j["id"] for j in listed.json()["jobs"]}
+        lines = proc.serve.log_lines()
+    for job_id in poisoned:  # each with its traceback in the log
+        assert any(r.get("job_id") == job_id and "Traceback" in r.get("exc", "") for r in lines), job_id
+
+
+def test_a_job_that_took_its_worker_down_three_times_ends_failed_unrun(tmp_path: Path) -> None:
+    with run_platform(tmp_path / "platform") as platform, small_stack(tmp_path, platform) as proc:
+        first = proc.wait_for_job(proc.deliver(request(platform, "CRASHY-0", new_token(), tmp_path)))
+        token = new_token()
+        # Running, its lease lapsed: its worker died holding it, for the third time.
+        [job_id] = insert_jobs(proc, first["event_id"], [{
+            "payload": json.dumps(request(platform, "CRASHY-1", token, tmp_path)), "status": "running",
+            "lease_owner": "gone:1:dead", "lease_until": time.time() - 1, "runs": 3, "crashes": 2,
+        }])
+        job = proc.wait_for_job(job_id)
+        log = proc.log_containing("crashed 3 times")
+    assert (job["status"], job["error"], job["crashes"], job["runs"]) == ("failed", "crashed 3 times", 3, 3), job
+    assert platform.callbacks(token) == [] and platform.uploads(storage_key("CRASHY-1", "9x16")) == []
+    assert job_id in log

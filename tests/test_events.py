@@ -7,11 +7,8 @@ import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from fulfiller import events
 from fulfiller.events import InvalidPayload, parse_lifecycle, parse_source_request, parse_timestamp
@@ -233,6 +230,83 @@ def test_bad_timestamps(value: Any) -> None:
         parse_timestamp(value, "where")
 
 
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+00:01"])
+def test_timestamps_outside_years_1_to_9999_in_utc(value: str) -> None:
+    with pytest.raises(InvalidPayload, match="fulfillment.expiresAt: outside years 1-9999"):
+        parse_timestamp(value, "fulfillment.expiresAt")
+
+
+def test_the_first_and_last_representable_instants_parse() -> None:
+    assert parse_timestamp("9999-12-31T23:59:59Z", "x").year == 9999
+    assert parse_timestamp("0001-01-01T00:00:00-01:00", "x").year == 1
+
+
+# --- bounds: nothing a sender writes may exceed an index, a slot or a deadline -----------------------
+
+
+def test_expires_at_may_be_at_most_24_hours_past_receipt() -> None:
+    data = load(OSS_EXAMPLE)
+    expires = datetime(2026, 4, 24, 1, 0, tzinfo=UTC).timestamp()
+    assert parse_source_request(data, received_at=expires - 24 * 3600).expires_at.timestamp() == expires
+    with pytest.raises(InvalidPayload, match="fulfillment.expiresAt: more than 24 hours ahead"):
+        parse_source_request(data, received_at=expires - 24 * 3600 - 1)
+    assert parse_source_request(data).expires_at.timestamp() == expires  # no receipt: no horizon (a rerun)
+
+
+@pytest.mark.parametrize("example, path", [
+    (OSS_EXAMPLE, "projectId"), (OSS_EXAMPLE, "projectSlug"), (OSS_EXAMPLE, "creative.code"),
+    (OSS_EXAMPLE, "creative.locale"), (OSS_EXAMPLE, "creative.kind"), (OSS_EXAMPLE, "creative.somethingNew"),
+    (AFS_EXAMPLE, "creative.placementFamily"), (OSS_EXAMPLE, "fulfillment.storageKey"),
+])
+def test_fields_over_1024_bytes_of_utf8_are_refused_by_name(example: str, path: str) -> None:
+    with pytest.raises(InvalidPayload, match=f"^{re.escape(path)}: over 1024 bytes"):
+        parse_source_request(broken(example, path, "é" * 513))  # 513 characters, 1,026 bytes
+    if path not in ("creative.kind", "creative.placementFamily"):  # those two only take their few values
+        parse_source_request(broken(example, path, "é" * 511 + "xy"))  # 1,024 bytes
+
+
+@pytest.mark.parametrize("value", ["HRT\x00-1", "HRT-\ud800", "\udfff"])
+@pytest.mark.parametrize("path", ["projectId", "creative.code", "creative.locale", "fulfillment.storageKey"])
+def test_nul_and_lone_surrogates_are_refused_by_name(path: str, value: str) -> None:
+    with pytest.raises(InvalidPayload, match=f"^{re.escape(path)}: holds a NUL or a lone surrogate"):
+        parse_source_request(broken(OSS_EXAMPLE, path, value))
+
+
+def test_astral_characters_are_not_surrogates() -> None:
+    assert parse_source_request(broken(OSS_EXAMPLE, "creative.code", "HRT-😀")).coords.code == "HRT-😀"
+
+
+def test_at_most_32_accepted_aspects() -> None:
+    aspects = [f"{n}x1" for n in range(1, 34)]
+    accepted = parse_source_request(broken(AFS_EXAMPLE, "creative.acceptedAspects", aspects[:32])).accepted_aspects
+    assert len(accepted) == 32
+    with pytest.raises(InvalidPayload, match=r"creative.acceptedAspects: more than 32 \(33\)"):
+        parse_source_request(broken(AFS_EXAMPLE, "creative.acceptedAspects", aspects))
+
+
+@pytest.mark.parametrize("value", ["9x16\n", "1" * 1100 + "x1"])
+def test_an_aspect_is_exactly_the_pattern_and_short(value: str) -> None:
+    with pytest.raises(InvalidPayload, match="creative.aspectRatio"):
+        parse_source_request(broken(OSS_EXAMPLE, "creative.aspectRatio", value))
+
+
+@pytest.mark.parametrize("path, value", [
+    ("creative.kind", "v" * 1_000_000), ("creative.kind", ["x"] * 100_000), ("creative.aspectRatio", "9" * 1000),
+    ("fulfillment.expiresAt", "x" * 100_000),
+])
+def test_a_message_quotes_a_huge_value_cut_short(path: str, value: Any) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        parse_source_request(broken(OSS_EXAMPLE, path, value))
+    assert path in str(info.value) and len(str(info.value)) < 300
+
+
+def test_unsafe_string_names_where_a_nul_or_lone_surrogate_is() -> None:
+    assert events.unsafe_string({"a": ["ok", {"b": "😀 \u00e9"}], "n": 1, "t": True, "z": None}) is None
+    assert events.unsafe_string({"a": ["ok", {"b": "x\x00"}]}) == "a.1.b"
+    assert events.unsafe_string({"facebook": {"ads": [{"name": "\ud83d"}]}}) == "facebook.ads.0.name"
+    assert events.unsafe_string({"creative": {"k\udc00": 1}}) == "creative.'k\\udc00'"  # the key, quoted
+
+
 # --- lifecycle --------------------------------------------------------------------------------------
 
 COORDS = {
@@ -298,30 +372,67 @@ def test_lifecycle_that_cannot_find_a_job(data: dict[str, Any]) -> None:
         parse_lifecycle(events.SOURCE_FULFILLED, data)
 
 
-# --- the URL fast path ------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["k" * 1025, "fb-external/\x00", "\ud800"])
+def test_lifecycle_storage_key_the_store_could_not_hold_counts_as_absent(bad: str) -> None:
+    lc = parse_lifecycle(events.SOURCE_FULFILLED, {**COORDS, "storageKey": bad})
+    assert lc.storage_key is None and lc.coords is not None  # found by its coordinates, if at all
+    with pytest.raises(InvalidPayload, match="usable storageKey"):
+        parse_lifecycle(events.SOURCE_FULFILLED, {"storageKey": bad})
 
 
-@given(st.from_regex(events._PLAIN_URL))
-def test_every_url_the_fast_path_takes_passes_the_full_check(url: str) -> None:
-    parts = urlsplit(url)
-    assert parts.port is None  # raises on a bad port
-    assert parts.scheme in ("http", "https") and parts.hostname
+@pytest.mark.parametrize("field, bad", [("code", "HRT\x00"), ("locale", "e" * 1025), ("code", "\udfff")])
+def test_lifecycle_coordinates_the_store_could_not_hold_count_as_absent(field: str, bad: str) -> None:
+    data = {**COORDS, "creative": {**COORDS["creative"], field: bad}}
+    with pytest.raises(InvalidPayload, match="usable storageKey"):
+        parse_lifecycle(events.SOURCE_TIMEOUT, data)
+    assert parse_lifecycle(events.SOURCE_TIMEOUT, {**data, "storageKey": KEY}).coords is None
+
+
+def test_lifecycle_reason_and_aspect_are_kept_only_when_storable() -> None:
+    creative = {**COORDS["creative"], "aspectRatio": "4x5\x00"}
+    lc = parse_lifecycle(events.SOURCE_REJECTED, {**COORDS, "creative": creative, "reason": "bad\x00"})
+    assert (lc.aspect, lc.reason) == (None, None)
+    assert parse_lifecycle(events.SOURCE_REJECTED, {"storageKey": KEY, "reason": "r" * 5000}).reason == "r" * 1024
+
+
+# --- URLs: only those the worker may send to ------------------------------------------------------
+# The policy itself (fulfiller.hosts.parse_target) is tested in test_hosts; here, that a request whose URL
+# breaks it is invalid, and that the message names the field.
+
+HOSTILE_URLS = [
+    # urllib.parse reads the host after the "@", urllib3 (which uploads) the one before the backslash
+    "https://attacker.example\\@acct.r2.cloudflarestorage.com/k?X-Amz-Signature=s",
+    "https://acct.r2.cloudflarestorage.com\n.evil.example/k",  # httpx refuses it: a crash at callback time
+    "https://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.r2.cloudflarestorage.com/k",  # full-width letters
+    "https://user:pw@acct.r2.cloudflarestorage.com/k",
+    "https://acct.r2.cloudflarestorage.com/k x",
+    "https://acct.r2.cloudflarestorage.com/k\x00",
+    "https://acct.r2.cloudflarestorage.com/k\x1b[2J",
+    "https://acct.r2.cloudflarestorage.com/k\u2028",
+    "https://%61cct.r2.cloudflarestorage.com/k",  # urllib3 decodes the escape, urllib.parse does not
+    "https://acct.r2.cloudflarestorage.com:0/k",
+    "https://acct.r2.cloudflarestorage.com:/k",
+    "https://acct.r2.cloudflarestorage.com/" + "k" * (8 * 1024),
+    "HTTPS://acct.r2.cloudflarestorage.com/k\t",
+]
+
+
+@pytest.mark.parametrize("field", ["uploadUrl", "completeCallbackUrl"])
+@pytest.mark.parametrize("url", HOSTILE_URLS)
+def test_a_url_the_worker_must_not_send_to_makes_the_request_invalid(field: str, url: str) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        parse_source_request(broken(OSS_EXAMPLE, f"fulfillment.{field}", url))
+    assert str(info.value).startswith(f"fulfillment.{field}: ")
 
 
 @pytest.mark.parametrize("url", [
-    "https://h:8443/x", "HTTPS://h/x", "https://user:pw@h/x", "https://[::1]/x", "https://h:99999/x",
-    "https://[::1/x", "ftp://h/x", "https:///x", "https://h x", "//h/x",
+    "https://acct.r2.cloudflarestorage.com/bucket/k?X-Amz-Signature=abc&X-Amz-Date=20260424T000000Z",
+    "HTTPS://Acct.R2.CloudflareStorage.com:443/k",
+    "http://127.0.0.1:9000/r2/k",  # plain http is refused (or not) at send time, by worker.allow_insecure_http
+    "https://[::1]:8443/k",
+    "https://acct.r2.cloudflarestorage.com/k%20with%20escapes/\u00e9t\u00e9",  # non-ASCII only outside the host
+    "https://acct.r2.cloudflarestorage.com/" + "k" * (8 * 1024 - 40),
 ])
-def test_other_urls_take_the_full_check(url: str) -> None:
-    assert not events._PLAIN_URL.match(url)
-    try:
-        parts = urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
-    except ValueError:
-        valid = False
-    data = {"u": url}
-    if valid:
-        assert events._url(data, "u", "") == url
-    else:
-        with pytest.raises(InvalidPayload):
-            events._url(data, "u", "")
+def test_a_url_within_the_policy_is_taken_as_sent(url: str) -> None:
+    req = parse_source_request(broken(OSS_EXAMPLE, "fulfillment.uploadUrl", url))
+    assert req.upload_url == url

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fulfiller import events, jobs
-from fulfiller.intake import new_job, plan
+from fulfiller.intake import NotAnObject, new_job, parse_object, plan
 from fulfiller.store.sql import NEW_JOB_COLUMNS
 from fulfiller.testevent import sample_event
 
@@ -164,3 +167,119 @@ def test_a_new_job_sets_only_the_columns_the_store_inserts(data: dict[str, Any])
     fresh = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
              for f in dataclasses.fields(jobs.Job) if f.name not in NEW_JOB_COLUMNS}
     assert {name: getattr(job, name) for name in fresh} == fresh
+
+
+# --- hostile input ------------------------------------------------------------------------------
+
+
+def test_every_new_job_keys_its_wait_token() -> None:
+    digest = hashlib.sha256(CALLBACK.encode()).hexdigest()
+    assert new_job("evt", oss(), NOW).callback_key == digest
+    broken = oss()
+    broken["creative"]["kind"] = "hologram"
+    invalid = new_job("evt", broken, NOW)
+    assert (invalid.status, invalid.callback_key) == (jobs.INVALID, digest)  # replays of it are duplicates too
+    unsafe = oss()
+    unsafe["fulfillment"]["completeCallbackUrl"] = "https://x/\ud800"
+    assert new_job("evt", unsafe, NOW).callback_key == hashlib.sha256(b"https://x/\xed\xa0\x80").hexdigest()
+    for missing in ({}, {"fulfillment": {"completeCallbackUrl": 7}}, {"fulfillment": "x"}):
+        assert new_job("evt", missing, NOW).callback_key is None
+
+
+@pytest.mark.parametrize("mutate, field, nulled", [
+    (lambda e: e["creative"].update(code="HRT\x00"), "creative.code", {"code"}),
+    (lambda e: e["creative"].update(locale="\ud800"), "creative.locale", {"locale"}),
+    (lambda e: e.update(projectId="p" * 1025), "projectId", {"project_id"}),
+    (lambda e: e["fulfillment"].update(storageKey="é" * 600), "fulfillment.storageKey", {"storage_key"}),
+    (lambda e: e["facebook"].update(ads=[{"name": "x\x00"}]), "facebook.ads.0.name", set()),
+    (lambda e: e["facebook"].update({"k\udc00": 1}), "facebook.'k\\udc00'", set()),
+])
+def test_an_invalid_job_keeps_only_coordinates_a_store_can_index(
+    mutate: Any, field: str, nulled: set[str]
+) -> None:
+    data = oss()
+    mutate(data)
+    job = new_job("evt", data, NOW)
+    assert job.status == jobs.INVALID
+    assert job.error is not None and job.error.startswith(f"invalid payload: {field}:")
+    for column in ("storage_key", "project_id", "code", "locale"):
+        assert (getattr(job, column) is None) == (column in nulled), column
+
+
+def test_an_expires_at_is_measured_from_receipt() -> None:
+    data = oss()  # expires 2026-04-24T01:00:00Z
+    expires = datetime(2026, 4, 24, 1, 0, tzinfo=UTC).timestamp()
+    assert new_job("evt", data, expires - 24 * 3600).status == jobs.QUEUED
+    late = new_job("evt", data, expires - 24 * 3600 - 1)
+    assert late.status == jobs.INVALID and "fulfillment.expiresAt" in (late.error or "")
+    assert late.expires_at == expires
+    data["fulfillment"]["expiresAt"] = "9999-12-31T23:59:59-23:59"
+    far = new_job("evt", data, NOW)
+    assert far.status == jobs.INVALID and far.expires_at is None  # no reader could show year 10000
+
+
+@pytest.mark.parametrize("topic", sorted(events.LIFECYCLE_STATUS))
+def test_a_lifecycle_topic_on_a_requests_body_changes_nothing(topic: str) -> None:
+    incoming = plan("evt_forged", topic, "{}", oss(), NOW)
+    assert incoming.lifecycle is None and incoming.job is None
+    assert incoming.note is not None and "fulfillment.uploadUrl" in incoming.note
+
+
+# --- parse_object ---------------------------------------------------------------------------------
+
+
+def nested(levels: int) -> bytes:
+    """An object ``levels`` deep (itself the first), alternating arrays and objects."""
+    text = "0"
+    for level in range(levels - 1):
+        text = f"[{text}]" if level % 2 else f'{{"k": {text}}}'
+    return f'{{"a": {text}}}'.encode()
+
+
+def test_a_body_may_nest_64_levels_and_no_more() -> None:
+    assert parse_object(nested(64))[1]["a"]
+    with pytest.raises(NotAnObject, match="nested deeper than 64 levels"):
+        parse_object(nested(65))
+
+
+def test_many_brackets_side_by_side_or_inside_strings_are_not_depth() -> None:
+    wide = json.dumps({"a": [[] for _ in range(1000)], "b": [{} for _ in range(1000)], "s": "[{" * 100}).encode()
+    assert len(parse_object(wide)[1]["a"]) == 1000
+    assert parse_object(json.dumps({"s": "[" * 1000}).encode())[1]["s"] == "[" * 1000
+
+
+def test_nul_and_lone_surrogate_escapes_are_kept_as_received() -> None:
+    body = b'{"a": "\\ud800", "b": "\\u0000"}'
+    text, data = parse_object(body)
+    assert text == body.decode() and data == {"a": "\ud800", "b": "\x00"}
+
+
+any_text = st.text(st.characters(exclude_categories=()))  # surrogates and NUL included
+json_values = st.recursive(any_text, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(any_text, inner, max_size=3), max_leaves=8)
+
+
+@given(json_values, st.booleans())
+def test_only_an_escape_can_carry_a_nul_or_lone_surrogate(value: Any, ascii_only: bool) -> None:
+    """What lets plan skip looking for them in a body without ``\\u``: JSON that reaches it can hold
+    neither unescaped (control characters are refused in strings, surrogates are not UTF-8)."""
+    body = json.dumps({"v": value}, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        text, data = parse_object(body)
+    except NotAnObject:
+        return
+    if events.unsafe_string(data) is not None:
+        assert "\\u" in text
+
+
+def test_a_raw_nul_or_surrogate_in_the_text_is_refused() -> None:
+    for body in (b'{"a": "x\x00"}', '{"a": "\ud800"}'.encode("utf-8", "surrogatepass")):
+        with pytest.raises(NotAnObject):
+            parse_object(body)
+
+
+def test_nesting_is_read_from_the_text_even_where_a_duplicate_key_replaces_it() -> None:
+    """The text is what is stored and read again; the parsed value keeps only the last of two members."""
+    body = b'{"a": ' + b"[" * 900 + b"]" * 900 + b', "a": 1}'
+    with pytest.raises(NotAnObject, match="nested deeper than 64 levels"):
+        parse_object(body)

@@ -135,6 +135,37 @@ def test_text_traceback_is_redacted() -> None:
     assert "Traceback" in text and CALLBACK_TOKEN not in text and "REDACTED" in text
 
 
+# --- nothing a peer sends can forge a line -------------------------------------------------------
+# A peer's error response or an exception's message is written into lines: its CR/LF (and terminal
+# escapes) must not start a line that reads as ours.
+
+FORGED = "upload answered 400: bad\r\n12:00:00 INFO    job completed  [job_id=job_x]\x1b[2K\u2028\x85"
+
+
+def test_text_line_escapes_control_characters_in_the_message_and_fields() -> None:
+    line = TextFormatter().format(record("upload failed: %s", FORGED, reason=FORGED, job_id="job_1"))
+    assert line.splitlines() == [line]  # one line, by every line-splitting rule Python knows
+    assert "\x1b" not in line and "\x85" not in line
+    assert "bad\\r\\n12:00:00 INFO" in line and "\\x1b[2K\\u2028\\x85" in line
+
+
+def test_text_traceback_lines_are_all_indented_under_their_record() -> None:
+    text = TextFormatter().format(record("boom", level=logging.ERROR, exc=raised(FORGED)))
+    first, *rest = text.split("\n")
+    assert "ERROR" in first and rest
+    assert all(line.startswith("    ") for line in rest)  # none can pass for a record of its own
+    assert "\r" not in text and "\x1b" not in text
+    assert any(line.strip() == "Traceback (most recent call last):" for line in rest)
+
+
+def test_json_line_escapes_control_characters_everywhere() -> None:
+    line = JsonFormatter().format(record("upload failed: %s", FORGED, level=logging.ERROR, reason=FORGED,
+                                         exc=raised(FORGED)))
+    assert line.splitlines() == [line]
+    out = json.loads(line)
+    assert FORGED in out["msg"] and out["reason"] == FORGED and FORGED in out["exc"]
+
+
 # --- setup_logging ----------------------------------------------------------------------
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,11 +17,13 @@ import pytest
 from fulfiller.intake import plan
 from fulfiller.store.sqlite import SQLiteStore
 from fulfiller.testevent import sample_event
+from support.odd_jobs import ODD_ROWS, job_row
 
 
 def _event(code: str, expires_in_s: int) -> dict:
+    # One wait token per request: a second request with the same one would be a duplicate.
     body = sample_event("https://u.r2.cloudflarestorage.com/k?X-Amz-Signature=sekrit",
-                        "https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_tok/complete", code=code)
+                        f"https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_tok{code}/complete", code=code)
     expires = datetime.now(UTC) + timedelta(seconds=expires_in_s)
     body["fulfillment"]["expiresAt"] = expires.isoformat().replace("+00:00", "Z")
     return body
@@ -82,6 +86,26 @@ def test_jobs_filters_by_status_and_prints_json(setup: tuple[Path, dict[str, str
     assert [j["id"] for j in jobs] == [ids["live"]]
     assert jobs[0]["error"] == "callback answered 400"
     assert "sekrit" not in proc.stdout and "waitpoint_tok" not in proc.stdout
+
+
+def test_jobs_renders_every_odd_stored_job(setup: tuple[Path, dict[str, str]]) -> None:
+    """Jobs stored before intake bounded what it takes, or edited by hand (see support.odd_jobs)."""
+    cfg, _ = setup
+    names = {}
+    with contextlib.closing(sqlite3.connect(cfg.parent / "f.db")) as db, db:
+        for name, row in ODD_ROWS.items():
+            job_id, sql, values = job_row("evt-live", **row)
+            db.execute(sql, values)
+            names[job_id] = name
+    table = cli("jobs", "--config", str(cfg), "--limit", "100")
+    assert table.returncode == 0, table.stderr
+    assert all(job_id in table.stdout for job_id in names)
+    # A sender's newlines and terminal escapes are shown escaped: one line per job, no forged line, no colour.
+    assert len(table.stdout.splitlines()) == 1 + len(names) + 3
+    assert "\x1b" not in table.stdout and "\\x1b[31mforged line" in table.stdout
+    listed = cli("jobs", "--config", str(cfg), "--limit", "100", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert set(names) <= {j["id"] for j in json.loads(listed.stdout)["jobs"]}
 
 
 def test_jobs_refuses_an_unknown_status(setup: tuple[Path, dict[str, str]]) -> None:

@@ -7,6 +7,7 @@ admin API, so "202" is always checked against what the store actually holds.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -104,8 +105,14 @@ def server(make_server: Callable[..., Server]) -> Server:
     return make_server()
 
 
+def callback() -> str:
+    """A fresh wait token's callback URL: the platform mints one per request, and a request that repeats
+    one is a duplicate."""
+    return CALLBACK.replace("waitpoint_abc", f"waitpoint_{uuid.uuid4().hex}")
+
+
 def oss(code: str = "HRT-1212", aspect: str = "9x16", variation: int = 2, **fulfillment: Any) -> dict[str, Any]:
-    event = sample_event(UPLOAD, CALLBACK, code=code, aspect=aspect)
+    event = sample_event(UPLOAD, callback(), code=code, aspect=aspect)
     event["creative"]["variation"] = variation
     event["fulfillment"]["storageKey"] = f"fb-external/{PROJECT}/{code}/v{variation}/en/{aspect}.video"
     event["fulfillment"].update(fulfillment)
@@ -220,9 +227,9 @@ def test_timestamped_signature_within_tolerance_is_accepted(server: Server) -> N
 
 def test_rotation_either_secret_held_verifies(make_server: Callable[..., Server]) -> None:
     server = make_server(secrets=["whsec_new-current", "whsec_old-previous"])
-    body = json.dumps(oss()).encode()
     both = ["whsec_new-current", "whsec_old-previous"]
     for signer, event_id in ((["whsec_old-previous"], "e_old"), (both, "e_both")):
+        body = json.dumps(oss()).encode()
         headers = signed_headers(body, signer, topic=REQUESTED, event_id=event_id)
         assert server.client.post(server.endpoint, content=body, headers=headers).status_code == 202
     assert set(server.events()) == {"e_old", "e_both"}
@@ -243,7 +250,6 @@ def test_header_names_are_case_insensitive(server: Server) -> None:
 @pytest.mark.parametrize("body", [
     b"[]", b"[{}]", b'"a string"', b"42", b"null", b"true", b"", b"{", b"{'single': 'quotes'}",
     b'{"a": NaN}', b'{"a": Infinity}', b'{"a": 1e400}',  # Python's json would take these; JSON does not
-    b'{"a": "\\ud800"}',  # a lone surrogate cannot be stored as UTF-8 text
     b"\xff\xfe{\x00}\x00", '{"a": "é"}'.encode("utf-16-le"),  # not UTF-8
     b'{"a": "\xe9"}',  # Latin-1, not UTF-8
     b"[" * 100_000,  # nesting past the recursion limit
@@ -262,7 +268,7 @@ def test_unicode_and_deep_but_sane_objects_are_accepted(server: Server) -> None:
     assert "\\ud83d\\ude00" in body.decode()
     assert server.deliver(body, event_id="evt_unicode").status_code == 202
     assert server.job_of("evt_unicode")["creative"]["code"] == "HRT-ÉTÉ-😀"
-    nested = {"a": json.loads("[" * 200 + "]" * 200)}
+    nested = {"a": json.loads("[" * 63 + "]" * 63)}  # 64 levels, the object's own included
     assert server.deliver(nested, topic="platform.other", event_id="evt_nested").status_code == 202
 
 
@@ -505,6 +511,164 @@ def test_invalid_request_next_to_an_early_lifecycle_is_still_stored(server: Serv
     assert server.job_of("evt_broken")["status"] == "invalid"
     assert server.deliver({}, event_id="evt_empty").status_code == 202
     assert server.job_of("evt_empty")["status"] == "invalid"
+
+
+# --- hostile input: signed, and still only data ----------------------------------------------------
+
+
+def nested_body(levels: int, bracket: str) -> bytes:
+    """An object nested ``levels`` deep (the object itself is the first level), by arrays or by objects."""
+    if bracket == "[":
+        return b'{"a": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+    return b'{"a": ' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+
+
+@pytest.mark.parametrize("bracket", ["[", "{"])
+def test_a_body_nested_deeper_than_64_levels_is_400_and_not_stored(server: Server, bracket: str) -> None:
+    assert server.deliver(nested_body(64, bracket), topic="platform.other", event_id="evt_64").status_code == 202
+    response = server.deliver(nested_body(65, bracket), event_id="evt_65")
+    assert response.status_code == 400
+    assert response.json() == {"error": "body is nested deeper than 64 levels"}
+    assert set(server.events()) == {"evt_64"}
+
+
+def test_an_event_id_over_255_bytes_is_400_and_not_stored(server: Server) -> None:
+    response = server.deliver(oss(), event_id="e" * 256)
+    assert response.status_code == 400
+    assert response.json() == {"error": "event id over 255 bytes"}
+    assert server.events() == {}
+    assert server.deliver(oss(), event_id="e" * 255).status_code == 202
+    assert set(server.events()) == {"e" * 255}
+
+
+def job_row(server: Server, event_id: str) -> dict[str, Any]:
+    """The job's row as stored (an operator's tools render it; this reads what was written)."""
+    with sqlite3.connect(server.db) as conn:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT * FROM jobs WHERE event_id = ?", (event_id,)).fetchone())
+
+
+def in_hours(hours: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + hours * 3600))
+
+
+@pytest.mark.parametrize("mutate, field, nulled", [
+    (lambda e: e["creative"].update(code="H" * 1025), "creative.code", "code"),
+    (lambda e: e["creative"].update(code="é" * 513), "creative.code", "code"),  # 1,026 bytes
+    (lambda e: e["creative"].update(locale="l" * 1025), "creative.locale", "locale"),
+    (lambda e: e["creative"].update(kind="v" * 1025), "creative.kind", None),
+    (lambda e: e.update(projectId="p" * 1025), "projectId", "project_id"),
+    (lambda e: e.update(projectSlug="s" * 1025), "projectSlug", None),
+    (lambda e: e["fulfillment"].update(storageKey="k" * 3000), "fulfillment.storageKey", "storage_key"),
+    (lambda e: (e["creative"].pop("aspectRatio"), e["creative"].update(
+        placementFamily="feed", acceptedAspects=[f"{n}x1" for n in range(1, 34)])), "creative.acceptedAspects", None),
+    (lambda e: e["fulfillment"].update(expiresAt=in_hours(24.1)), "fulfillment.expiresAt", None),
+    (lambda e: e["fulfillment"].update(expiresAt="9999-12-31T23:59:59-23:59"), "fulfillment.expiresAt", None),
+    (lambda e: e["creative"].update(code="HRT\x001212"), "creative.code", "code"),
+    (lambda e: e["creative"].update(locale="en\ud800"), "creative.locale", "locale"),
+    (lambda e: e["facebook"].update(ads=[{"name": "\udc00"}]), "facebook.ads.0.name", None),
+])
+def test_a_request_past_the_bounds_is_202_and_its_job_invalid(
+    server: Server, mutate: Callable[[dict[str, Any]], Any], field: str, nulled: str | None
+) -> None:
+    event = oss()
+    mutate(event)
+    response = server.deliver(event, event_id="evt_hostile")  # JSON escapes a NUL or a lone surrogate
+    assert response.status_code == 202, response.text
+    job = job_row(server, "evt_hostile")
+    assert job["status"] == "invalid"
+    assert field in job["error"]
+    assert len(job["error"]) < 300  # a bounded reason, whatever the field held
+    # The coordinates it could not hold safely are not stored; the others are, to find the job by.
+    for column in ("storage_key", "project_id", "code", "locale"):
+        assert (job[column] is None) == (column == nulled), column
+    assert server.payload_of("evt_hostile") == json.dumps(event)  # the body as received
+
+
+def test_a_deadline_just_within_24_hours_is_accepted(server: Server) -> None:
+    assert server.deliver(oss(expiresAt=in_hours(23.9)), event_id="evt_soon").status_code == 202
+    assert job_row(server, "evt_soon")["status"] == "queued"
+
+
+def test_a_lone_surrogate_outside_a_request_is_stored_as_received(server: Server) -> None:
+    body = b'{"note": "\\ud800 alone", "nul": "\\u0000"}'
+    assert server.deliver(body, topic="platform.other", event_id="evt_odd").status_code == 202
+    assert server.events()["evt_odd"]["body"] == body.decode()
+
+
+def test_a_request_repeating_a_stored_wait_token_is_a_duplicate_whatever_its_event_id(server: Server) -> None:
+    event = oss()
+    assert server.deliver(event, event_id="evt_first").status_code == 202
+    replay = server.deliver(event, event_id="evt_replay")  # a captured body under a fresh (unsigned) id
+    assert replay.status_code == 200
+    assert replay.json() == {"status": "duplicate", "event_id": "evt_replay"}
+    other = oss(code="HRT-9999")
+    other["fulfillment"]["completeCallbackUrl"] = event["fulfillment"]["completeCallbackUrl"]
+    assert server.deliver(other, event_id="evt_other").status_code == 200
+    assert list(server.events()) == ["evt_first"]
+    assert [j["event_id"] for j in server.jobs()] == ["evt_first"]
+    token = event["fulfillment"]["completeCallbackUrl"]
+    assert job_row(server, "evt_first")["callback_key"] == hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_replays_of_an_invalid_request_make_one_job(server: Server) -> None:
+    event = oss()
+    event["creative"]["kind"] = "hologram"
+    assert [server.deliver(event).status_code for _ in range(3)] == [202, 200, 200]
+    assert len(server.jobs()) == 1
+
+
+def test_concurrent_deliveries_of_one_wait_token_make_one_job(server: Server) -> None:
+    body = json.dumps(oss()).encode()
+
+    async def send_all() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            sends = [client.post(server.endpoint, content=body,
+                                 headers=signed_headers(body, server.secrets, topic=REQUESTED, event_id=new_id()))
+                     for _ in range(40)]
+            return [r.status_code for r in await asyncio.gather(*sends)]
+
+    assert sorted(asyncio.run(send_all())) == [200] * 39 + [202]
+    assert len(server.events()) == 1
+    assert len(server.jobs()) == 1
+
+
+@pytest.mark.parametrize("topic", ["video.source_fulfilled", "video.source_rejected", "video.source_timeout"])
+def test_a_lifecycle_topic_on_a_requests_body_is_stored_and_changes_nothing(server: Server, topic: str) -> None:
+    body = json.dumps(oss(code=unique_code())).encode()
+    assert server.deliver(body, event_id="evt_req").status_code == 202
+    assert server.deliver(body, topic=topic, event_id="evt_forged").status_code == 202  # the topic is not signed
+    assert server.job_of("evt_req")["status"] == "queued"
+    stored = server.events()["evt_forged"]
+    assert stored["lc_status"] is None and stored["applied_job"] is None
+    assert "fulfillment.uploadUrl" in stored["note"]
+
+
+def test_a_lifecycle_event_with_unusable_locators_is_stored_and_changes_nothing(server: Server) -> None:
+    request = oss(code=unique_code())
+    assert server.deliver(request, event_id="evt_req").status_code == 202
+    follow = lifecycle(request, storage_key=False)
+    follow["storageKey"] = "k" * 3000
+    follow["creative"]["code"] += "\x00"
+    response = server.deliver(follow, topic="video.source_timeout", event_id="evt_unusable")
+    assert response.status_code == 202
+    assert server.events()["evt_unusable"]["note"].startswith("unmatched")
+    assert server.job_of("evt_req")["status"] == "queued"
+
+
+def test_require_timestamp_refuses_outpost_signatures_without_one(make_server: Callable[..., Server]) -> None:
+    server = make_server(require_timestamp=True)
+    response = server.deliver(oss(), event_id="evt_plain")
+    assert response.status_code == 401
+    assert "timestamp" in response.json()["error"]
+    assert server.deliver(oss(), event_id="evt_timestamped", timestamped=True).status_code == 202
+    assert set(server.events()) == {"evt_timestamped"}
+
+
+def test_require_timestamp_takes_standard_webhooks_which_always_sign_one(make_server: Callable[..., Server]) -> None:
+    secret = "whsec_" + base64.b64encode(b"standard-webhooks-key-32-bytes!!").decode()
+    server = make_server(secrets=[secret], mode="standard", require_timestamp=True)
+    assert server.deliver(oss(), event_id="msg_std").status_code == 202
 
 
 # --- the other routes ---------------------------------------------------------------------------

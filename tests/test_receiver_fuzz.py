@@ -4,7 +4,9 @@ Bodies range from well-formed platform events (mutated or not) through other
 JSON values to arbitrary bytes; headers carry valid, stale, foreign, tampered
 or garbled signatures, random event ids and topics. After every example the
 store is read back: it holds exactly the events that were answered 202, each
-job it made can be shown by the admin API, and nothing unsigned got in.
+job it made can be shown by the admin API, and nothing unsigned got in. A
+request is a duplicate (200) when its event id or its wait token (the callback
+URL) was taken before.
 
 The app runs in-process (ASGI) with its real lifespan and a real SQLite file.
 """
@@ -36,6 +38,8 @@ TOPICS = ["video.source_requested", "video.source_fulfilled", "video.source_reje
 UPLOAD = "https://acct.r2.cloudflarestorage.com/bucket/key?X-Amz-Signature=abc"
 CALLBACK = "https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_abc/complete"
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+# Within the 24 hours a request may look ahead, and the same bytes on every replay during a run.
+EXPIRES = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(time.time() + 12 * 3600))
 
 
 # --- strategies -----------------------------------------------------------------------------------
@@ -52,9 +56,11 @@ json_objects = st.dictionaries(st.text(max_size=12), json_values, max_size=6)
 
 @st.composite
 def platform_events(draw: st.DrawFn) -> dict[str, Any]:
-    """A documented OSS/AFS event, often with one field broken or replaced."""
-    event = sample_event(UPLOAD, CALLBACK, code=draw(st.sampled_from(["HRT-1212", "ABC-1", "Ü-7"])))
-    event["fulfillment"]["expiresAt"] = "2099-01-01T00:00:00Z"  # the same bytes on every replay
+    """A documented OSS/AFS event, often with one field broken or replaced; wait tokens repeat at times."""
+    token = draw(st.text(alphabet="abc", min_size=1, max_size=3))
+    event = sample_event(UPLOAD, CALLBACK.replace("abc", token),
+                         code=draw(st.sampled_from(["HRT-1212", "ABC-1", "Ü-7"])))
+    event["fulfillment"]["expiresAt"] = EXPIRES
     if draw(st.booleans()):
         del event["creative"]["aspectRatio"]
         event["creative"].update(placementFamily="feed", acceptedAspects=["1x1", "4x5"])
@@ -69,6 +75,25 @@ def platform_events(draw: st.DrawFn) -> dict[str, Any]:
     return event
 
 
+def hostile(change: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A documented request with the fields in ``change`` replaced, under its own wait token."""
+    event = sample_event(UPLOAD, CALLBACK.replace("abc", "hostile-" + "-".join(sorted(change))))
+    for section, fields in change.items():
+        event[section].update(fields)
+    return event
+
+
+def wait_token(body: bytes) -> str | None:
+    """The callback URL a request's body names, as the store keys it; None when it names none."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    fulfillment = data.get("fulfillment") if isinstance(data, dict) else None
+    token = fulfillment.get("completeCallbackUrl") if isinstance(fulfillment, dict) else None
+    return token if isinstance(token, str) else None
+
+
 def encode(value: Any, ascii_only: bool) -> bytes:
     return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8")
 
@@ -80,6 +105,7 @@ ODD_BODIES = {
     "utf-8 bom": b'\xef\xbb\xbf{"bom": 1}', "utf-16": '{"u": "\u00e9"}'.encode("utf-16"),
     "two objects": b'{"a": 1}{"b": 2}', "trailing space": b'{"a": 1} ', "spaces around": b' {} ',
     "too deep": b'{"a": ' + b"[" * 3000 + b"]" * 3000 + b"}", "deep": b'{"a": ' + b"[" * 500 + b"]" * 500 + b"}",
+    "64 levels": b'{"a": ' + b"[" * 63 + b"]" * 63 + b"}", "65 levels": b'{"a": ' * 64 + b"{}" + b"}" * 64,
     "huge int": b'{"big": ' + b"9" * 5000 + b"}",
     "huge variation": json.dumps({
         **sample_event(UPLOAD, CALLBACK),
@@ -87,6 +113,15 @@ ODD_BODIES = {
         "fulfillment": {"uploadUrl": UPLOAD, "storageKey": "fb-external/p/A/v2/en/9x16.video",
                         "expiresAt": "2099-01-01T00:00:00Z", "completeCallbackUrl": CALLBACK},
     }).encode(),
+    # The hostile cases SPEC names: each an invalid job (or, for a lifecycle topic, a note), never a 5xx.
+    **{name: json.dumps(hostile(change)).encode() for name, change in {
+        "nul in code": {"creative": {"code": "HRT\x00"}},
+        "lone surrogate in locale": {"creative": {"locale": "\ud800"}},
+        "long storage key": {"fulfillment": {"storageKey": "k" * 3000}},
+        "year 10000": {"fulfillment": {"expiresAt": "9999-12-31T23:59:59-23:59"}},
+        "33 aspects": {"creative": {"aspectRatio": None, "placementFamily": "feed",
+                                    "acceptedAspects": [f"{n}x1" for n in range(1, 34)]}},
+    }.items()},
 }
 
 # (body, what it is): "object" must be taken, "other" must be refused 400, "any" is for the receiver to judge.
@@ -146,6 +181,7 @@ class IntakeMachine(RuleBasedStateMachine):
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fulfiller.test")
         self.accepted: set[str] = set()  # event ids answered 202
         self.requested: set[str] = set()  # ... of those, the video.source_requested ones
+        self.tokens: set[str] = set()  # ... and the wait tokens their jobs hold
         self.signed: list[tuple[bytes, dict[str, str], str]] = []  # valid deliveries, for redelivery
 
     def teardown(self) -> None:
@@ -188,6 +224,8 @@ class IntakeMachine(RuleBasedStateMachine):
         if event_id is not None:
             headers[f"{PREFIX}event-id"] = event_id
         effective_id = event_id or "sha256:" + hashlib.sha256(body).hexdigest()
+        token = wait_token(body) if topic == "video.source_requested" else None
+        duplicate = effective_id in self.accepted or token in self.tokens
         before, _ = self.stored()
 
         response = self.post(body, headers)
@@ -201,17 +239,19 @@ class IntakeMachine(RuleBasedStateMachine):
         elif kind == "other":
             assert status == 400
         elif kind == "object":
-            assert status == (200 if effective_id in self.accepted else 202), response.text
+            assert status == (200 if duplicate else 202), response.text
         else:
             assert status in (200, 202, 400)
         if status in (200, 202):
             assert response.json()["event_id"] == effective_id
-            assert (status == 200) == (effective_id in self.accepted)
+            assert (status == 200) == duplicate
             self.signed.append((body, headers, effective_id))
         if status == 202:
             self.accepted.add(effective_id)
             if topic == "video.source_requested":
                 self.requested.add(effective_id)
+                if token is not None:
+                    self.tokens.add(token)
         events, jobs = self.stored()
         assert (events - before) == ({effective_id} if status == 202 else set())
         if status == 202 and effective_id in jobs:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from fulfiller.config import load_config
+from fulfiller.events import Coordinates, SourceRequest
+from fulfiller.resolve import Catalogs, NotFound, find_master
 
 MEDIA = Path(__file__).parent / "media"
 
@@ -77,3 +82,35 @@ def test_no_route_exits_3(config: Path) -> None:
     proc = resolve(config, "--code", "OTHER-1", "--aspect", "9x16")
     assert proc.returncode == 3
     assert "would skip: no_route" in proc.stdout
+
+
+def test_a_code_no_file_system_can_name_is_a_skip_not_an_outage(config: Path) -> None:
+    # A 300-character segment: the file system would refuse the name (ENAMETOOLONG), once taken for an outage.
+    proc = resolve(config, "--code", "HRT-" + "9" * 296, "--aspect", "9x16")
+    assert proc.returncode == 3, proc.stderr
+    assert "would skip: no_match:aspect=9x16" in proc.stdout
+
+
+def afs_request(code: str, accepted: tuple[str, ...]) -> SourceRequest:
+    return SourceRequest(
+        coords=Coordinates("p_42", code, 2, "en"), project_slug="hearty", kind="video", aspect=None,
+        family="feed", accepted_aspects=accepted, upload_url="https://x.r2.cloudflarestorage.com/k",
+        storage_key="fb-external/p_42/HRT-1/v2/en/feed.video", expires_at=datetime.now(UTC) + timedelta(hours=1),
+        callback_url="https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_abc/complete",
+    )
+
+
+async def test_repeated_accepted_aspects_are_each_looked_for_once(config: Path) -> None:
+    req = afs_request("HRT-1", ("2x3", "4x5", "2x3", "4x5", "5x4") * 1000)
+    catalogs = Catalogs(load_config(config))
+    try:
+        result = await find_master(req, load_config(config), catalogs)
+    finally:
+        await catalogs.aclose()
+
+    assert isinstance(result, NotFound)
+    # feed prefers 4x5 (a JPEG saved as .mp4 there: passed over), then the platform's order.
+    assert [n for n in result.notes if "nothing in" in n] == [
+        "4x5: nothing in local", "2x3: nothing in local", "5x4: nothing in local"
+    ]
+    assert result.reason == "no_match:acceptedAspects=[2x3,4x5,5x4]"

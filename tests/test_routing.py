@@ -93,3 +93,8 @@ def test_no_match_reason() -> None:
     assert no_match_reason(feed) == "no_match:acceptedAspects=[1x1,3x4,4x5]"
     story = request(family="story_reel", accepted=("9x16",))
     assert no_match_reason(story) == "no_match:acceptedAspects=[9x16]"
+
+
+def test_no_match_reason_names_each_accepted_aspect_once() -> None:
+    repeated = request(family="feed", accepted=("1x1", "4x5", "1x1") * 10_000)
+    assert no_match_reason(repeated) == "no_match:acceptedAspects=[1x1,4x5]"

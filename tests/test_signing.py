@@ -375,6 +375,22 @@ def test_verifier_standard_returns_webhook_id():
     assert custom.verify(BODY, std(ref_sig(SW_CUR), prefix="x-acme-"), now=NOW) == MSG_ID
 
 
+def test_verifier_requiring_a_timestamp_refuses_an_outpost_signature_without_t():
+    strict = Verifier("outpost", [CUR], "x-outpost-", 300, require_timestamp=True)
+    plain = sig(f"v0={hx(CUR, BODY)}")
+    with pytest.raises(SignatureError, match="missing timestamp"):
+        strict.verify(BODY, plain, now=NOW)
+    assert strict.verify(BODY, sig(f"t={NOW},v0={hx(CUR, ts_content(NOW))}"), now=NOW) is None
+    assert Verifier("outpost", [CUR], "x-outpost-", 300).verify(BODY, plain, now=NOW) is None  # the default
+    with pytest.raises(SignatureError, match="missing timestamp"):
+        verify_outpost(BODY, plain, [CUR], now=NOW, require_timestamp=True)
+
+
+def test_verifier_requiring_a_timestamp_takes_standard_webhooks_which_always_carry_one():
+    strict = Verifier("standard", [SW_CUR], "webhook-", 300, require_timestamp=True)
+    assert strict.verify(BODY, std(ref_sig(SW_CUR)), now=NOW) == MSG_ID
+
+
 def test_verifier_uses_real_clock_by_default():
     v = Verifier("outpost", [CUR], "x-outpost-", 300)
     t = int(time.time())

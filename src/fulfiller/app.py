@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,8 +21,17 @@ from fulfiller.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger("fulfiller.app")
 
+
+class Running(Protocol):
+    """What a service started with the app tells ``/readyz``."""
+
+    @property
+    def stopped(self) -> bool:
+        """Its loop has ended while the app runs on (a crash): the process is not ready."""
+
+
 # Something started with the app and stopped with it (the worker pool).
-Service = Callable[[Store, Metrics], contextlib.AbstractAsyncContextManager[object]]
+Service = Callable[[Store, Metrics], contextlib.AbstractAsyncContextManager[Running]]
 
 
 class _App(Starlette):
@@ -51,6 +60,8 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
     store = store or open_store(config.state)
     metrics = Metrics()
     receiver = Receiver(config.receiver, store, metrics)
+    admin = AdminApi(store, config.admin.token) if config.admin.token else None
+    started: list[Running] = []  # the service, while the app runs
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -59,8 +70,14 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
         try:
             await store.ping()
         except StoreUnavailable as exc:
-            return JSONResponse({"status": "unavailable", "reason": str(exc)}, 503)
-        return JSONResponse({"status": "ready"})
+            reason = str(exc)
+        else:
+            if not any(s.stopped for s in started):
+                return JSONResponse({"status": "ready"})
+            reason = "the worker loop has stopped"
+        # Why, only for the operator: the store's error names its user, host and database.
+        detail = {"reason": reason} if admin is not None and admin.authorized(request) else {}
+        return JSONResponse({"status": "not ready", **detail}, 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(await metrics.render(store), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -72,8 +89,8 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    if config.admin.token:
-        routes += AdminApi(store, config.admin.token).routes()
+    if admin is not None:
+        routes += admin.routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -82,8 +99,12 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
             if service is None:
                 yield
             else:
-                async with service(store, metrics):
-                    yield
+                async with service(store, metrics) as running:
+                    started.append(running)
+                    try:
+                        yield
+                    finally:
+                        started.remove(running)
         finally:
             await store.close()
 

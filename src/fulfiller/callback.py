@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 
+from fulfiller.hosts import Target
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient
 from fulfiller.transfer import Refused, excerpt, transient_for
@@ -26,6 +27,12 @@ def completion_body(storage_key: str, extension: str, content_hash: str, aspect:
 def skip_body(reason: str) -> dict[str, object]:
     """The negative ack: we looked and have nothing for this bucket."""
     return {"skip": True, "reason": reason}
+
+
+def callback_target(url: str) -> Target:
+    """Where a callback to ``url`` goes, as httpx (which sends it) reads the URL."""
+    parts = httpx.URL(url)
+    return Target.of(parts.scheme, parts.host, parts.port)
 
 
 async def post_callback(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> int:

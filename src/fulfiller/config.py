@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fulfiller.hosts import parse_pattern
 
 LAYOUT_FIELDS = frozenset({"project", "project_id", "code", "variation", "locale", "aspect", "kind"})
 DEFAULT_LAYOUT = "{code}/v{variation}/{locale}/{aspect}"
@@ -45,6 +47,7 @@ class ReceiverConfig(_Strict):
     header_prefix: str | None = None
     secrets: list[str] = Field(min_length=1)
     timestamp_tolerance_s: int = Field(300, ge=1)
+    require_timestamp: bool = False  # refuse signatures that carry no timestamp (no replay window)
 
     @field_validator("path")
     @classmethod
@@ -68,15 +71,34 @@ class ReceiverConfig(_Strict):
         return "x-outpost-" if self.mode == "outpost" else "webhook-"
 
 
+MIN_ADMIN_TOKEN = 16
+
+
 class AdminConfig(_Strict):
     token: str = ""
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: str) -> str:
+        # The token opens rerun and skip on every job: one guessable in a few tries must not start.
+        if v and len(v) < MIN_ADMIN_TOKEN:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters (or empty: no admin routes)")
+        return v
+
+
+def _host_pattern(v: str) -> str:
+    parse_pattern(v)  # a pattern that can never match (a scheme, a path) is an error now, not a silent refusal later
+    return v
+
+
+HostPattern = Annotated[str, AfterValidator(_host_pattern)]
 
 
 class WorkerConfig(_Strict):
     concurrency: int = Field(4, ge=1, le=256)
     allow_insecure_http: bool = False
-    allowed_upload_hosts: list[str] = ["*.r2.cloudflarestorage.com"]
-    allowed_callback_hosts: list[str] = ["api.trigger.dev"]
+    allowed_upload_hosts: list[HostPattern] = ["*.r2.cloudflarestorage.com"]
+    allowed_callback_hosts: list[HostPattern] = ["api.trigger.dev"]
     lease_s: float = Field(60.0, gt=0, description="how long a claim lasts without renewal")
     poll_interval_s: float = Field(1.0, gt=0, description="idle wait between looks for queued work")
     shutdown_grace_s: float = Field(30.0, ge=0, description="time given to in-flight jobs on SIGTERM")
@@ -93,6 +115,10 @@ def _check_layout(v: str) -> str:
         raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(LAYOUT_FIELDS)}")
     if not v or v.endswith("/"):
         raise ValueError("the last segment must name the file (without extension)")
+    # The layout's own text must be renderable: catalogs refuse these segments, so every request would skip.
+    for segment in re.sub(r"\{[^}]*\}", "x", v).split("/"):
+        if segment in (".", "..") or "\\" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment):
+            raise ValueError(f"segment {segment!r} can never name a folder or file (., .., \\ or a control character)")
     return v
 
 

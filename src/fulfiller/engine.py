@@ -16,18 +16,18 @@ from typing import Any, TypeVar
 import httpx
 
 from fulfiller import jobs
-from fulfiller.callback import completion_body, post_callback, skip_body
+from fulfiller.callback import callback_target, completion_body, post_callback, skip_body
 from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
 from fulfiller.config import Config
 from fulfiller.events import InvalidPayload, SourceRequest, parse_source_request
-from fulfiller.hosts import HostNotAllowed, check_url
-from fulfiller.jobs import Attempt, Job
+from fulfiller.hosts import HostNotAllowed, Target, UnsafeUrl, check_url
+from fulfiller.jobs import Attempt, Job, internal_error
 from fulfiller.metrics import Metrics
 from fulfiller.redact import redact_text
 from fulfiller.resolve import Catalogs, Found, find_master
 from fulfiller.retry import Transient, with_retries
-from fulfiller.store.base import Store
-from fulfiller.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, Uploader
+from fulfiller.store.base import Store, StoreUnavailable
+from fulfiller.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, Uploader, upload_target
 
 log = logging.getLogger("fulfiller.engine")
 T = TypeVar("T")
@@ -55,13 +55,23 @@ class Engine:
         self.uploader = uploader
 
     async def run(self, job: Job, owner: str) -> str:
-        """Take a claimed job to a final status (returned), unless it is cancelled."""
+        """Take a claimed job to a final status (returned), unless it is cancelled or the store fails.
+
+        Any other exception, whatever raised it, ends the job ``failed`` with ``internal error: ...``
+        and a logged traceback: one job never stops a worker.
+        """
         ctx = _JobContext(self, job, owner)
         try:
-            await self._steps(ctx)
-        except _End as end:
-            return await ctx.finish(end.status, **end.fields)
-        raise AssertionError("a job's steps always end it")  # pragma: no cover
+            try:
+                await self._steps(ctx)
+            except _End as end:
+                return await ctx.finish(end.status, **end.fields)
+            raise AssertionError("a job's steps always end it")  # pragma: no cover
+        except StoreUnavailable:
+            raise  # the store's fault, not the job's: its lease lapses and it runs again
+        except Exception as exc:
+            log.exception("internal error; the job ends failed", extra=ctx.log_extra)
+            return await ctx.finish(jobs.FAILED, error=internal_error(exc))
 
     async def _steps(self, ctx: _JobContext) -> None:
         job, worker = ctx.job, self.config.worker
@@ -71,7 +81,7 @@ class Engine:
             raise _End(jobs.INVALID, error=f"invalid payload: {exc}") from None
         if job.expires_at is not None and time.time() >= job.expires_at:
             raise _End(jobs.EXPIRED, error="deadline (expiresAt) passed before work started")
-        self._allow(req.callback_url, worker.allowed_callback_hosts, "callback")
+        self._allow(req.callback_url, worker.allowed_callback_hosts, "callback", "completeCallbackUrl", callback_target)
 
         if job.skip_requested:
             await self._complete(ctx, req, skip_body(job.skip_requested), skip_reason=job.skip_requested)
@@ -85,7 +95,7 @@ class Engine:
             await found.opened.aclose()  # the job ended before the upload took the sniffed stream
 
     async def _deliver(self, ctx: _JobContext, req: SourceRequest, found: Found) -> None:
-        self._allow(req.upload_url, self.config.worker.allowed_upload_hosts, "upload")
+        self._allow(req.upload_url, self.config.worker.allowed_upload_hosts, "upload", "uploadUrl", upload_target)
         master = found.master
         await ctx.record(chosen_aspect=found.aspect, extension=found.extension, content_type=found.content_type,
                          bytes=master.size, source=f"{master.catalog}:{master.object}")
@@ -97,10 +107,16 @@ class Engine:
                                found.aspect if req.request_kind == "afs" else None)
         await self._complete(ctx, req, body, skip_reason=None)
 
-    def _allow(self, url: str, hosts: list[str], what: str) -> None:
-        """End the job ``failed`` before anything is sent to a host outside the allow-list."""
+    def _allow(self, url: str, hosts: list[str], what: str, field: str,
+               read_as_sent: Callable[[str], Target]) -> None:
+        """End the job before anything is sent: ``invalid`` when the URL breaks the policy or the library
+        that sends to it reads another target than the allow-list check, ``failed`` when its host is
+        outside the allow-list."""
         try:
-            check_url(url, hosts, allow_insecure_http=self.config.worker.allow_insecure_http, what=what)
+            check_url(url, hosts, allow_insecure_http=self.config.worker.allow_insecure_http, what=what,
+                      read_as_sent=read_as_sent)
+        except UnsafeUrl as exc:
+            raise _End(jobs.INVALID, error=f"invalid payload: fulfillment.{field}: {exc}") from None
         except HostNotAllowed as exc:
             raise _End(jobs.FAILED, error=str(exc)) from None
 

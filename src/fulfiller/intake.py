@@ -7,9 +7,12 @@ rules can be tested on their own, and a store may apply them wherever it commits
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +23,7 @@ from fulfiller.jobs import Job
 
 # The delivery lines, under the receiver's name wherever they are written from (see log_taken).
 log = logging.getLogger("fulfiller.receiver")
+MAX_DEPTH = 64  # nesting levels a body may have (the object itself is the first)
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,21 @@ def _field(data: Mapping[str, Any], *path: str) -> Any:
     return node
 
 
-def new_job(event_id: str, data: Mapping[str, Any], now: float) -> Job:
-    """The job for a ``video.source_requested`` body: queued, or ``invalid`` with the reason."""
+def new_job(event_id: str, data: Mapping[str, Any], now: float, *, check_strings: bool = True) -> Job:
+    """The job for a ``video.source_requested`` body received at ``now``: queued, or ``invalid`` with the reason.
+
+    ``check_strings=False`` skips looking for a NUL or a lone surrogate in every string: JSON text can
+    only carry one as a ``\\u`` escape, so a body without one has none.
+    """
+    callback_key = _wait_token_key(data)
     try:
-        req = events.parse_source_request(data)
+        unsafe = events.unsafe_string(data) if check_strings else None
+        if unsafe is not None:
+            raise InvalidPayload(f"{unsafe or '(body)'}: holds a NUL or a lone surrogate")
+        req = events.parse_source_request(data, received_at=now)
     except InvalidPayload as exc:
-        # Keep whatever coordinates are readable so operators can still find the job.
+        # Keep whatever coordinates are readable, and safe to store and index, so operators can still
+        # find the job.
         variation = _field(data, "creative", "variation")
         expires = None
         try:
@@ -70,33 +83,45 @@ def new_job(event_id: str, data: Mapping[str, Any], now: float) -> Job:
             pass
         return Job(
             id=jobs.new_job_id(), event_id=event_id, status=jobs.INVALID, request_kind=None, payload=dict(data),
-            storage_key=_str_or_none(_field(data, "fulfillment", "storageKey")),
-            project_id=_str_or_none(data.get("projectId")), code=_str_or_none(_field(data, "creative", "code")),
+            storage_key=_safe_or_none(_field(data, "fulfillment", "storageKey")),
+            project_id=_safe_or_none(data.get("projectId")), code=_safe_or_none(_field(data, "creative", "code")),
             variation=variation if _storable_int(variation) else None,
-            locale=_str_or_none(_field(data, "creative", "locale")), expires_at=expires,
-            created_at=now, updated_at=now, error=f"invalid payload: {exc}",
+            locale=_safe_or_none(_field(data, "creative", "locale")), expires_at=expires,
+            created_at=now, updated_at=now, error=f"invalid payload: {exc}", callback_key=callback_key,
         )
     return Job(
         id=jobs.new_job_id(), event_id=event_id, status=jobs.QUEUED, request_kind=req.request_kind,
         payload=dict(data), storage_key=req.storage_key, project_id=req.coords.project_id, code=req.coords.code,
         variation=req.coords.variation, locale=req.coords.locale, expires_at=req.expires_at.timestamp(),
-        created_at=now, updated_at=now, chosen_aspect=req.aspect,
+        created_at=now, updated_at=now, chosen_aspect=req.aspect, callback_key=callback_key,
     )
+
+
+def _wait_token_key(data: Mapping[str, Any]) -> str | None:
+    """The SHA-256 (hex) of the request's completeCallbackUrl: the wait token identifies the request whatever
+    its (unsigned) event id, and its digest fits any index."""
+    callback = _field(data, "fulfillment", "completeCallbackUrl")
+    return hashlib.sha256(callback.encode("utf-8", "surrogatepass")).hexdigest() if isinstance(callback, str) else None
 
 
 def _storable_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= events.MAX_INT
 
 
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def _safe_or_none(value: Any) -> str | None:
+    return value if events.safe_text(value) else None
 
 
 def plan(event_id: str, topic: str, body: str, data: Mapping[str, Any], now: float) -> IncomingEvent:
     """Turn one verified, parsed delivery into the single write the store commits."""
     if topic == events.SOURCE_REQUESTED:
-        return IncomingEvent(event_id, topic, body, now, job=new_job(event_id, data, now))
+        job = new_job(event_id, data, now, check_strings="\\u" in body)
+        return IncomingEvent(event_id, topic, body, now, job=job)
     if topic in events.LIFECYCLE_STATUS:
+        # The topic header is not signed, the body is: a request's body under a lifecycle topic closes nothing.
+        if _field(data, "fulfillment", "uploadUrl") is not None:
+            return IncomingEvent(event_id, topic, body, now, note="not applied: the body is a request's"
+                                 " (it carries fulfillment.uploadUrl), and the topic header is not signed")
         try:
             lifecycle = events.parse_lifecycle(topic, data)
         except InvalidPayload as exc:
@@ -138,23 +163,40 @@ def _finite_float(text: str) -> float:
 # Built once: json.loads with hooks would build a decoder per call.
 _decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 
+# What _depth needs of a JSON text: its strings (whose brackets are text), then every byte but a bracket.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
 
 def parse_object(body: bytes) -> tuple[str, dict[str, Any]]:
-    """The body as text and as a JSON object; NotAnObject when it is not one.
+    """The body as text and as a JSON object; NotAnObject when it is not one, or is nested deeper than MAX_DEPTH.
 
     Strict where Python's json module is lenient, so that whatever is acked can
-    be stored and shown again: UTF-8 only (``json.loads`` on bytes would also
-    guess UTF-16/32), no NaN/Infinity, no number that overflows to infinity, no
-    lone surrogate from a ``\\udXXX`` escape (it cannot be encoded as UTF-8),
-    and nesting deep enough to exhaust the recursion limit is refused, not a 500.
+    be stored, read back and shown again: UTF-8 only (``json.loads`` on bytes would
+    also guess UTF-16/32), no NaN/Infinity, no number that overflows to infinity,
+    and no nesting that a later reader's recursion could not follow. The text is
+    kept as received: a NUL or a lone surrogate in it is an ASCII escape, which
+    any store holds (the job that reads one is ``invalid``: see new_job).
     """
     try:
         text = body.decode("utf-8")
         data = _decode(text)
-        if isinstance(data, dict) and "\\u" in text:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
     except (ValueError, RecursionError):  # UnicodeError is a ValueError
         raise NotAnObject("body is not a JSON object") from None
     if not isinstance(data, dict):
         raise NotAnObject("body is not a JSON object")
+    # Fewer brackets than levels cannot nest too deep: the usual body is never scanned.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
+        raise NotAnObject(f"body is nested deeper than {MAX_DEPTH} levels")
     return text, data
+
+
+def _depth(body: bytes) -> int:
+    """How deep objects and arrays nest in a valid JSON text, the outermost being the first level.
+
+    Read from the text, not the parsed value: a member that a later duplicate key replaces is gone from
+    the value but not from the text, which is what is stored and read again.
+    """
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)

@@ -3,6 +3,10 @@
 Anything about an event or a job carries ``event_id`` / ``job_id`` (pass them in
 ``extra``) so one grep follows a delivery end to end. URLs are redacted here
 as a last line of defence; callers should not log credentials in the first place.
+Text from peers (an error response, an exception's message) can hold line breaks
+and terminal escapes: no format lets it start a line of its own. JSON escapes
+control characters; the text format writes them as escapes (``\n``, ``\x1b``)
+and indents every line of a traceback under the line it belongs to.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import select
 import sys
 import threading
@@ -32,15 +37,38 @@ FIELDS = (
 
 # The receiver writes a line per delivery: these keep that line cheap (see JsonFormatter).
 _std_encode = json.JSONEncoder(default=str).encode
+_JSON_UNSAFE = re.compile(r"[\x80-\x9f\u2028\u2029]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group(0)):04x}"
 
 
 def _encode(line: dict[str, object]) -> str:
     """The line as JSON: orjson, in a tenth of the json module's time; anything it cannot write
     (an integer past 64 bits) as the json module writes it."""
     try:
-        return orjson.dumps(line, default=str).decode()
+        text = orjson.dumps(line, default=str).decode()
     except orjson.JSONEncodeError:
-        return _std_encode(line)
+        return _std_encode(line)  # ensure_ascii: every character past ASCII is escaped already
+    # orjson escapes C0 controls; what else some readers take for a line break (U+2028, U+2029, NEL)
+    # or a terminal control (C1) is escaped here, as JSON allows for any character.
+    return text if text.isascii() else _JSON_UNSAFE.sub(_json_escape, text)
+
+
+# What could break a line or move a terminal's cursor: C0 and C1 controls, DEL, Unicode line separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group(0)
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every control character written as an escape, so that it stays on its line."""
+    return text if text.isprintable() else _CONTROL.sub(_escape, text)
 
 
 def _redact(text: str) -> str:
@@ -86,11 +114,13 @@ class TextFormatter(logging.Formatter):
         extras = " ".join(
             f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None) is not None
         )
-        text = f"{ts} {record.levelname:<7} {redact_text(record.getMessage())}"
+        text = f"{ts} {record.levelname:<7} {_one_line(redact_text(record.getMessage()))}"
         if extras:
-            text += f"  [{redact_text(extras)}]"
+            text += f"  [{_one_line(redact_text(extras))}]"
         if record.exc_info:
-            text += "\n" + redact_text(self.formatException(record.exc_info))
+            # A traceback spans lines; each is indented, so none (an exception's message included) reads as a record.
+            for line in redact_text(self.formatException(record.exc_info)).split("\n"):
+                text += "\n    " + _one_line(line)
         return text
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from typing import Any
 
 from fulfiller.config import Config
 from fulfiller.jobs import STATUSES
@@ -15,6 +17,8 @@ _REFUSED = {
     "expired": "its deadline (expiresAt) has passed; the platform falls back to manual upload",
     "not_rerunnable": "its payload is invalid; the platform must send a new event",
 }
+# What a table cell shows escaped: a sender's newlines and terminal escapes.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 async def list_jobs(config: Config, status: str | None, code: str | None, limit: int, as_json: bool,
@@ -36,16 +40,22 @@ async def list_jobs(config: Config, status: str | None, code: str | None, limit:
         return 0
     rows = [("ID", "STATUS", "KIND", "CREATIVE", "ASPECT", "UPDATED", "REASON")]
     for j in found:
-        d = j.to_json()
-        creative = f"{j.code}/v{j.variation}/{j.locale}"
-        asked = d["creative"].get("aspectRatio") or d["creative"].get("placementFamily") or "?"
-        aspect = j.chosen_aspect or asked
-        reason = j.skip_reason or j.error or j.lifecycle_reason or ""
-        rows.append((j.id, j.status, j.request_kind or "-", creative, aspect, d["updated_at"] or "", reason[:60]))
+        d = j.to_json()  # renders any stored job, however odd
+        creative = d["creative"] if isinstance(d["creative"], dict) else {}
+        aspect = d["chosen_aspect"] or creative.get("aspectRatio") or creative.get("placementFamily") or "?"
+        reason = d["skip_reason"] or d["error"] or d["lifecycle_reason"] or ""
+        cells = (d["id"], d["status"], d["request_kind"] or "-", f"{j.code}/v{j.variation}/{j.locale}", aspect,
+                 d["updated_at"] or "")
+        rows.append((*(_cell(c) for c in cells), _cell(reason)[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
     return 0
+
+
+def _cell(value: Any) -> str:
+    """A value as one table cell: a sender's control characters (newlines, terminal escapes) shown escaped."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 async def rerun(config: Config, job_id: str, out: Callable[[str], None]) -> int:

@@ -33,6 +33,8 @@ _CONTENT_TYPE = (b"content-type", b"application/json")
 
 # A delivery's answer: status and JSON body, the outcome (metrics, logs) and the event id if known.
 Answer = tuple[int, dict[str, str], str, str | None]
+# The longest event id stored: it is the events table's key, and an index row has a size limit.
+MAX_EVENT_ID_BYTES = 255
 
 
 class BodyTooLarge(Exception):
@@ -52,7 +54,8 @@ class Receiver:
         self.metrics = metrics
         self.prefix = cfg.prefix
         self.topic_header = f"{self.prefix}topic"
-        self.verifier = Verifier(cfg.mode, cfg.secrets, self.prefix, cfg.timestamp_tolerance_s)
+        self.verifier = Verifier(cfg.mode, cfg.secrets, self.prefix, cfg.timestamp_tolerance_s,
+                                 cfg.require_timestamp)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One delivery: answered only after _handle has the store's verdict; counted here, and logged here
@@ -102,6 +105,8 @@ class Receiver:
             header_id = self.verifier.verify(body, headers)
         except SignatureError as exc:
             return _error(401, f"signature refused: {exc}", "bad_signature", None)
+        if header_id is not None and len(header_id) > MAX_EVENT_ID_BYTES:  # headers are Latin-1: a byte a character
+            return _error(400, f"event id over {MAX_EVENT_ID_BYTES} bytes", "bad_event_id", None)
         event_id = header_id or "sha256:" + hashlib.sha256(body).hexdigest()
         try:
             stored = await self.store.accept(Delivery(event_id, topic, body, time.time()))

@@ -1,46 +1,45 @@
 """Keep credentials out of logs, errors and admin output.
 
 A pre-signed upload URL carries its signature in the query string; the
-platform's callback URL carries its token in the path. Both are bearer
-credentials for the hour they live, so anything we show people keeps the
-scheme, host and the harmless parts of the path, and drops the rest.
+platform's callback URL is itself the credential, its token somewhere in the
+path (``/api/v1/waitpoints/tokens/<id>/complete``, ``/tokens/<id>/callback/<hash>``).
+Both are bearer credentials for the hour they live. One rule covers every URL,
+whatever its kind and however its scheme is spelt: what people see keeps the
+scheme, the host and port, and the first two path segments; userinfo and the
+fragment are dropped; each later path segment and the whole query become
+REDACTED.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "REDACTED"
-_SENSITIVE_PARAM = re.compile(r"signature|credential|token|secret|key|sig|auth|password|session", re.I)
-# Path segments that are credentials: the platform's waitpoint tokens, and the
-# segment following a "tokens" folder (Trigger.dev's callback layout).
-_TOKEN_SEGMENT = re.compile(r"^(waitpoint_|tok_|whsec_)", re.I)
-_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+KEPT_SEGMENTS = 2
+# The parts of an absolute URL. The authority ends at a backslash too, as urllib3 and browsers read it,
+# so a URL that hides its host behind one shows the host it would have reached.
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:)//(?P<authority>[^/?#\\]*)(?P<path>[^?#]*)(?P<query>\?[^#]*)?", re.S)
+_SEPARATOR = re.compile(r"([/\\])")
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+", re.I)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with credential-bearing query values and path tokens replaced by REDACTED."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a port out of range or not a number
-    except ValueError:
+    """``url`` with userinfo, fragment, query and every path segment past the first two hidden."""
+    parts = _URL.match(url)
+    if parts is None:  # not an absolute URL: nothing in it is known to be harmless
         return REDACTED
-    segments = parts.path.split("/")
-    for i, seg in enumerate(segments):
-        if _TOKEN_SEGMENT.match(seg) or (i > 0 and segments[i - 1].lower() == "tokens" and seg):
-            segments[i] = REDACTED
-    query = [
-        (k, REDACTED if _SENSITIVE_PARAM.search(k) else v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    netloc = parts.hostname or ""
-    if port:
-        netloc = f"{netloc}:{port}"
-    # userinfo (user:pass@) is dropped entirely
-    return urlunsplit((parts.scheme, netloc, "/".join(segments), urlencode(query, safe=REDACTED), ""))
+    host = parts["authority"].rpartition("@")[2]  # userinfo (user:pass@) is dropped entirely
+    # Segments at even indexes, separators between them; the first is what precedes the first separator
+    # (nothing, in a well-formed URL). A backslash separates too, as the authority's end above.
+    pieces = _SEPARATOR.split(parts["path"])
+    for i in range(0, len(pieces), 2):
+        if pieces[i] and not 0 < i // 2 <= KEPT_SEGMENTS:
+            pieces[i] = REDACTED
+    query = f"?{REDACTED}" if parts["query"] and parts["query"] != "?" else ""
+    return f"{parts['scheme']}//{host}{''.join(pieces)}{query}"
 
 
 def redact_text(text: str) -> str:
-    """Every URL inside free text (an exception message, say) redacted."""
+    """Every http(s) URL inside free text (an exception message, say) redacted."""
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)

@@ -33,7 +33,7 @@ def aspect_order(req: SourceRequest, preferences: Mapping[str, Sequence[str]]) -
 
 
 def no_match_reason(req: SourceRequest) -> str:
-    """The skip reason the platform shows operators when nothing fits."""
+    """The skip reason the platform shows operators when nothing fits: each accepted aspect once, in its order."""
     if req.aspect:
         return f"no_match:aspect={req.aspect}"
-    return f"no_match:acceptedAspects=[{','.join(req.accepted_aspects)}]"
+    return f"no_match:acceptedAspects=[{','.join(dict.fromkeys(req.accepted_aspects))}]"

@@ -155,13 +155,16 @@ def _parse_outpost(value: str) -> tuple[int | None, list[bytes]]:
 
 
 def _verify_outpost_keys(
-    body: bytes, header: str | None, keys: Sequence[bytes], tolerance_s: int, now: float | None
+    body: bytes, header: str | None, keys: Sequence[bytes], tolerance_s: int, now: float | None,
+    require_timestamp: bool = False,
 ) -> None:
     if header is None:
         raise SignatureError("missing signature header")
     if not header.strip():
         raise SignatureError("empty signature header")
     ts, candidates = _parse_outpost(header)
+    if ts is None and require_timestamp:
+        raise SignatureError("missing timestamp")
     content = body
     if ts is not None:
         _check_time(ts, tolerance_s, now)
@@ -179,14 +182,16 @@ def verify_outpost(
     prefix: str = "x-outpost-",
     tolerance_s: int = 300,
     now: float | None = None,
+    require_timestamp: bool = False,
 ) -> None:
     """Check ``{prefix}signature`` as Outpost's default mode produces it; raise ``SignatureError`` if not valid.
 
     ``headers`` is read with lowercase names (Starlette's ``Headers`` is case-insensitive).
-    The ``t=`` form is checked against ``tolerance_s``; the plain form carries no time.
+    The ``t=`` form is checked against ``tolerance_s``; the plain form carries no time, and is
+    refused when ``require_timestamp`` is set.
     """
     header = headers.get(f"{prefix.strip().lower()}signature")
-    _verify_outpost_keys(body, header, _outpost_keys(secrets), tolerance_s, now)
+    _verify_outpost_keys(body, header, _outpost_keys(secrets), tolerance_s, now, require_timestamp)
 
 
 def sign_outpost(body: bytes, secrets: Sequence[str], *, timestamp: int | None = None) -> str:
@@ -284,15 +289,19 @@ class Verifier:
     """Built once from the receiver config; verify() returns the event id found in the headers (or None).
 
     Keys are derived at construction so a bad secret fails at startup, not on
-    the first delivery, and each request costs only the HMACs.
+    the first delivery, and each request costs only the HMACs. With
+    ``require_timestamp`` an Outpost signature without ``t=`` is refused (a Standard
+    Webhooks signature always carries its timestamp).
     """
 
-    def __init__(self, mode: str, secrets: Sequence[str], prefix: str, tolerance_s: int) -> None:
+    def __init__(self, mode: str, secrets: Sequence[str], prefix: str, tolerance_s: int,
+                 require_timestamp: bool = False) -> None:
         if mode not in ("outpost", "standard"):
             raise ValueError(f"unknown signature mode {mode!r} (expected 'outpost' or 'standard')")
         self.mode = mode
         self.prefix = prefix.strip().lower()
         self.tolerance_s = tolerance_s
+        self.require_timestamp = require_timestamp
         self._keys = _outpost_keys(secrets) if mode == "outpost" else _standard_keys(secrets)
 
     def __repr__(self) -> str:  # never show keys
@@ -303,5 +312,5 @@ class Verifier:
         if self.mode == "standard":
             return _verify_standard_keys(body, headers, self._keys, self.prefix, self.tolerance_s, now)
         header = headers.get(f"{self.prefix}signature")
-        _verify_outpost_keys(body, header, self._keys, self.tolerance_s, now)
+        _verify_outpost_keys(body, header, self._keys, self.tolerance_s, now, self.require_timestamp)
         return headers.get(f"{self.prefix}event-id") or None

@@ -24,6 +24,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import urllib3
 
 from fulfiller.bulkhttp import BulkHttp, release
+from fulfiller.hosts import Target
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient, parse_retry_after
 
@@ -158,6 +159,12 @@ class _Sender(Generic[T]):
         self._chunks.put(_Aborted())
         # Its failure is the expected outcome: retrieved here so asyncio does not report it as lost.
         self.result.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def upload_target(url: str) -> Target:
+    """Where the upload of ``url`` goes, as urllib3 (which sends it) reads the URL."""
+    parts = urllib3.util.parse_url(url)
+    return Target.of(parts.scheme or "", parts.host or "", parts.port)
 
 
 class Uploader:

@@ -4,6 +4,10 @@ A claim is a lease, renewed while the job runs; a worker that dies stops
 renewing and another takes the job once the lease lapses. On shutdown the
 loop stops claiming, gives in-flight jobs a grace period, then releases what
 is left back to the queue.
+
+No job stops the loop: one that cannot be loaded, or whose run raises, ends
+``failed`` and the loop goes on. Should the loop stop anyway, ``stopped`` says
+so (``/readyz`` answers 503).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
+from fulfiller import jobs
 from fulfiller.config import Config
 from fulfiller.engine import Engine
-from fulfiller.jobs import Job
+from fulfiller.jobs import Job, internal_error
 from fulfiller.metrics import Metrics
 from fulfiller.resolve import Catalogs
 from fulfiller.store import Store, StoreUnavailable, open_store
+from fulfiller.store.base import UnreadableJob
 from fulfiller.transfer import Uploader
 
 log = logging.getLogger("fulfiller.worker")
@@ -36,6 +42,7 @@ class WorkerPool:
     def __init__(self, config: Config, store: Store, metrics: Metrics):
         self.config = config
         self.store = store
+        self.metrics = metrics
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         w = config.worker
         self.client = httpx.AsyncClient(
@@ -49,11 +56,23 @@ class WorkerPool:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = False
+        self.stopped = False  # the claim loop has ended (shut down, or crashed): this pool starts no job
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until ``stop`` is set, then drain."""
-        w = self.config.worker
         log.info("worker started", extra={"worker": self.owner})
+        try:
+            await self._claim_loop(stop)
+        except Exception:
+            log.critical("worker loop crashed: this process starts no more jobs", exc_info=True,
+                         extra={"worker": self.owner})
+            raise
+        finally:
+            self.stopped = True
+            await self._drain()
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        w = self.config.worker
         while not stop.is_set():
             if len(self._tasks) >= w.concurrency:
                 await _first(stop.wait(), self._slot_freed.wait())
@@ -61,8 +80,13 @@ class WorkerPool:
                 continue
             try:
                 job = await self.store.claim(self.owner, w.lease_s)
-            except StoreUnavailable as exc:
-                log.error("cannot claim work: %s", exc, extra={"worker": self.owner})
+            except UnreadableJob as exc:
+                await self._fail_unreadable(exc)
+                continue
+            except Exception as exc:
+                # No job is named: the store (or the claim itself) fails, not one job. Wait, then try again.
+                log.error("cannot claim work: %s", exc, exc_info=not isinstance(exc, StoreUnavailable),
+                          extra={"worker": self.owner})
                 await _first(stop.wait(), asyncio.sleep(w.poll_interval_s))
                 continue
             if job is None:
@@ -73,7 +97,18 @@ class WorkerPool:
                 # renewed it; starting it twice would upload twice.
                 continue
             self._tasks[job.id] = asyncio.create_task(self._hold(job), name=f"job {job.id}")
-        await self._drain()
+
+    async def _fail_unreadable(self, exc: UnreadableJob) -> None:
+        """End a claimed job that cannot be loaded ``failed``, in a write of its own."""
+        extra = {"job_id": exc.job_id, "worker": self.owner}
+        log.error("job cannot be loaded; it ends failed", exc_info=exc.cause, extra=extra)
+        try:
+            failed = await self.store.finish(exc.job_id, self.owner, jobs.FAILED, {"error": internal_error(exc.cause)})
+        except Exception as err:  # its lease lapses, and the claim that takes it next counts a crash
+            log.error("cannot end job %s failed: %s", exc.job_id, err, extra=extra)
+            return
+        if failed:
+            self.metrics.jobs_finished.labels(jobs.FAILED).inc()
 
     async def _hold(self, job: Job) -> None:
         extra = {"job_id": job.id, "event_id": job.event_id, "worker": self.owner}
@@ -96,6 +131,7 @@ class WorkerPool:
             # Its lease will lapse and a worker will take it again once the store is back.
             log.error("store unavailable during job: %s", exc, extra=extra)
         except Exception:
+            # The engine ends a job on any error but the store's; this is its final write failing.
             log.exception("job crashed; it will be taken again when its lease lapses", extra=extra)
         finally:
             renewer.cancel()
@@ -139,11 +175,12 @@ async def _first(*aws: object) -> None:
             t.cancel()
 
 
-def worker_service(config: Config) -> Callable[[Store, Metrics], contextlib.AbstractAsyncContextManager[object]]:
-    """Workers as a service of the web app (``fulfiller serve``): started and stopped with it."""
+def worker_service(config: Config) -> Callable[[Store, Metrics], contextlib.AbstractAsyncContextManager[WorkerPool]]:
+    """Workers as a service of the web app (``fulfiller serve``): started and stopped with it; the pool
+    it yields says when its loop has stopped."""
 
     @contextlib.asynccontextmanager
-    async def service(store: Store, metrics: Metrics) -> AsyncIterator[object]:
+    async def service(store: Store, metrics: Metrics) -> AsyncIterator[WorkerPool]:
         stop = asyncio.Event()
         pool = WorkerPool(config, store, metrics)
         task = asyncio.create_task(pool.run(stop))
@@ -151,7 +188,9 @@ def worker_service(config: Config) -> Callable[[Store, Metrics], contextlib.Abst
             yield pool
         finally:
             stop.set()
-            await task
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # a loop that crashed said so when it did (run logs it): shutdown goes on
 
     return service
 

@@ -253,11 +253,9 @@ async def test_images_match_only_image_extensions(drive: DriveDouble, catalog_fo
     assert [m.ref for m in await catalog_for(root).find(FIELDS, "image")] == [jpg, png]
 
 
-async def test_names_with_quotes_and_backslashes_are_escaped(
-    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
-) -> None:
+async def test_names_with_quotes_are_escaped(drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]) -> None:
     root = drive.add_folder("Masters")
-    code = "O'Brien\\Co"
+    code = "O'Brien \"Co\""
     file_id = drive.add_file("9x16.mp4", drive.add_folders(f"{code}/v2/en_US", root), MP4)
 
     [master] = await catalog_for(root).find({**FIELDS, "code": code}, "video")
@@ -274,6 +272,43 @@ async def test_missing_creative_is_not_found(drive: DriveDouble, catalog_for: Ca
     assert await catalog.find(FIELDS, "video") == []
     assert await catalog.find({**FIELDS, "code": "HRT-404"}, "video") == []
     assert drive.counts["get 404"] == 1
+
+
+@pytest.mark.parametrize("code", ["HRT/001", "O'Brien\\Co", "..", "C" * 300, "x\0y"])
+async def test_a_code_that_is_not_one_safe_segment_makes_no_request(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog], code: str
+) -> None:
+    root = drive.add_folder("Masters")
+    drive.add_file("9x16.mp4", drive.add_folders("HRT/001/v2/en_US", root), MP4)  # what a split "HRT/001" finds
+
+    assert await catalog_for(root).find({**FIELDS, "code": code}, "video") == []
+    assert drive.hits == []  # not even a token
+
+
+async def test_thousands_of_slashes_build_no_folder_walk(
+    drive: DriveDouble, catalog_for: Callable[..., DriveCatalog]
+) -> None:
+    # Split on its "/", this code was one folder-walk task per prefix: work and memory grew with its square.
+    code = "/".join(["s"] * 5000)
+    catalog = catalog_for(drive.add_folder("Masters"))
+    loop = asyncio.get_running_loop()
+    created: list[Any] = []
+
+    def count_tasks(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(count_tasks)
+    try:
+        started = time.perf_counter()
+        assert await catalog.find({**FIELDS, "code": code}, "video") == []
+        elapsed = time.perf_counter() - started
+    finally:
+        loop.set_task_factory(None)
+
+    assert created == []
+    assert drive.hits == []
+    assert elapsed < 1.0  # a generous bound: the work is one scan of the code
 
 
 async def test_a_missing_root_is_an_operator_error(

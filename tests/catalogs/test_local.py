@@ -95,6 +95,37 @@ async def test_path_escape_is_refused(tmp_path: Path, code: str) -> None:
     assert await catalog(root).find({**FIELDS, "code": code}, "video") == []
 
 
+async def test_a_code_holding_a_slash_is_one_segment_not_two(tmp_path: Path) -> None:
+    put(tmp_path, "HRT/001/v2/en_US/9x16.mp4")  # what the code would find if its "/" split it
+    assert await catalog(tmp_path).find({**FIELDS, "code": "HRT/001"}, "video") == []
+
+
+async def test_a_segment_too_long_for_any_file_system_is_not_found_not_an_outage(tmp_path: Path) -> None:
+    # The file system refuses the name (ENAMETOOLONG): once an outage, retried until the deadline.
+    assert await catalog(tmp_path).find({**FIELDS, "code": "C" * 300}, "video") == []
+
+
+async def test_a_path_too_long_for_the_kernel_is_not_found(tmp_path: Path) -> None:
+    # Every segment fits, but the whole path is over PATH_MAX: the kernel answers ENAMETOOLONG.
+    layout = "{code}/" + "/".join(["d" * 250] * 17) + "/{aspect}"
+    assert await catalog(tmp_path, layout).find(FIELDS, "video") == []
+
+
+async def test_a_symbolic_link_loop_on_the_path_is_not_found(tmp_path: Path) -> None:
+    (tmp_path / "LOOP").symlink_to(tmp_path / "LOOP")  # ELOOP on any path through it
+    assert await catalog(tmp_path).find({**FIELDS, "code": "LOOP"}, "video") == []
+
+
+async def test_a_link_loop_beside_the_master_is_passed_over(tmp_path: Path) -> None:
+    put(tmp_path, "HRT-001/v2/en_US/9x16.mov")
+    loop = tmp_path / "HRT-001/v2/en_US/9x16.mp4"
+    loop.symlink_to(loop)
+
+    [master] = await catalog(tmp_path).find(FIELDS, "video")
+
+    assert master.name == "9x16.mov"
+
+
 async def test_stream_from_offset_gives_exact_bytes(tmp_path: Path) -> None:
     data = put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
     [master] = await catalog(tmp_path).find(FIELDS, "video")

@@ -98,6 +98,19 @@ async def test_missing_folder_is_not_found(moto_endpoint: str, bucket: str) -> N
     assert await catalog(moto_endpoint, bucket).find(FIELDS, "video") == []
 
 
+async def test_a_code_holding_a_slash_is_one_segment_not_two(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="HRT/001/v2/en_US/9x16.mp4", Body=MP4)  # what a split code would find
+    assert await catalog(moto_endpoint, bucket).find({**FIELDS, "code": "HRT/001"}, "video") == []
+
+
+@pytest.mark.parametrize("code", ["HRT/001", "/".join(["s"] * 2000), "..", "a\\b", "x\ty", "C" * 300])
+async def test_a_code_that_is_not_one_safe_segment_makes_no_request(closed_port: int, code: str) -> None:
+    # Nothing listens there: any request would end CatalogUnavailable (and be retried for an hour).
+    cat = catalog(f"http://127.0.0.1:{closed_port}", "masters")
+    assert await cat.find({**FIELDS, "code": code}, "video") == []
+    await cat.aclose()
+
+
 async def test_finds_past_the_first_page(moto_endpoint: str, s3: Any, bucket: str) -> None:
     # S3 returns at most 1000 keys per page; the master sorts after all of them.
     names = [f"{i:04d}.jpg" for i in range(1004)] + ["9x16.mp4"]

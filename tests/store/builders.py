@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +23,14 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+def callback_url(token: str | None = None) -> str:
+    """A wait token's callback URL; a fresh token (the platform mints one per request) unless given."""
+    return f"https://api.trigger.dev/api/v1/waitpoints/tokens/{token or 'waitpoint_' + uuid.uuid4().hex}/complete"
+
+
 def request_body(code: str = "HRT-1", *, variation: int = 2, locale: str = "en", aspect: str | None = "9x16",
-                 family: str | None = None, expires_in: float = 3600, key: str | None = None) -> dict[str, Any]:
+                 family: str | None = None, expires_in: float = 3600, key: str | None = None,
+                 callback: str | None = None) -> dict[str, Any]:
     creative: dict[str, Any] = {"code": code, "variation": variation, "locale": locale, "kind": "video"}
     if aspect:
         creative["aspectRatio"] = aspect
@@ -40,7 +47,7 @@ def request_body(code: str = "HRT-1", *, variation: int = 2, locale: str = "en",
             "uploadUrl": f"https://acct.r2.cloudflarestorage.com/{storage_key}?X-Amz-Signature=abc",
             "storageKey": storage_key,
             "expiresAt": iso(time.time() + expires_in),
-            "completeCallbackUrl": "https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_x/complete",
+            "completeCallbackUrl": callback or callback_url(),
         },
     }
 

@@ -18,7 +18,7 @@ from fulfiller.store import StoreUnavailable, open_store
 from fulfiller.store.postgres import POSTGRES, PostgresStore, redact_dsn
 from fulfiller.store.sql import migrations
 from support.postgres import PgCluster, reset_schema
-from store.builders import event, ingest_job, requested
+from store.builders import REQUESTED, event, ingest_job, request_body, requested
 
 PASSWORD = "Sup3r-s3cret-pw"  # trust auth ignores it; it must never be shown
 
@@ -134,6 +134,27 @@ async def test_receivers_racing_on_the_same_events_store_each_once(pg_url: str, 
     assert errors == []
     assert all(x != y for x, y in zip(from_a, from_b, strict=True))  # exactly one of the two stored each event
     assert len(await a.list_jobs(limit=1000)) == 300
+
+
+async def test_receivers_racing_on_one_wait_token_store_it_once(pg_url: str, stores: list[PostgresStore]) -> None:
+    # Each request reaches two receivers under different event ids (the id header is not signed): the
+    # wait token's unique index decides, and the second to commit answers "duplicate", never an error.
+    a = await opened(stores, pg_url)
+    b = await opened(stores, pg_url)
+    bodies = [request_body(f"HRT-{i}") for i in range(200)]
+    results = await asyncio.gather(
+        asyncio.gather(*(a.ingest(event(f"evt-a-{i}", REQUESTED, body)) for i, body in enumerate(bodies)),
+                       return_exceptions=True),
+        asyncio.gather(*(b.ingest(event(f"evt-b-{i}", REQUESTED, bodies[i])) for i in reversed(range(200))),
+                       return_exceptions=True),
+    )
+    from_a, from_b = results[0], list(reversed(results[1]))
+    assert [r for r in [*from_a, *from_b] if isinstance(r, BaseException)] == []
+    assert all(x != y for x, y in zip(from_a, from_b, strict=True))  # exactly one of the two stored each request
+    listed = await a.list_jobs(limit=1000)
+    assert len(listed) == 200
+    stored = await a._read(lambda cur: cur.execute("SELECT count(*) FROM events").fetchone()[0])
+    assert stored == 200  # the loser's event row went with its job
 
 
 async def test_a_deadlocked_batch_is_run_again(pg_url: str, stores: list[PostgresStore],

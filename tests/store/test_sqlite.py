@@ -254,14 +254,19 @@ def test_version_3_builds_jobs_again_without_the_unique_event_id_and_keeps_every
         cur = conn.cursor()
         cur.execute("BEGIN IMMEDIATE")  # the schema as version 2 left it, with jobs and their attempts
         assert store._apply_migrations(conn, upto=2) == 2
-        assert store._run_writes(cur, [Ingest(store, requested(f"evt-{n}")) for n in range(5)]) == [True] * 5
+        for n in range(5):  # rows as that version's code wrote them (today's writes name later columns)
+            cur.execute("INSERT INTO events (event_id, topic, received_at, body) VALUES (?, 'video.source_requested',"
+                        " 0, '')", (f"evt-{n}",))
+            cur.execute("INSERT INTO jobs (id, event_id, status, payload, code, variation, created_at, updated_at)"
+                        " VALUES (?, ?, 'queued', '{}', 'HRT-1', 2, ?, ?)", (f"job-{n}", f"evt-{n}", n, n))
         cur.execute("INSERT INTO attempts (job_id, step, started_at, duration_ms) SELECT id, 'upload', 0, 1 FROM jobs")
         cur.execute("COMMIT")
-        jobs_before = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(jobs)"))
+        jobs_before = conn.execute(f"SELECT {columns} FROM jobs ORDER BY id").fetchall()
 
         store._migrate(conn)
 
-        assert conn.execute("SELECT * FROM jobs ORDER BY id").fetchall() == jobs_before
+        assert conn.execute(f"SELECT {columns} FROM jobs ORDER BY id").fetchall() == jobs_before
         indexes = {name: origin for _, name, _, origin, _ in conn.execute("PRAGMA index_list(jobs)")}
         assert "u" not in indexes.values()  # no UNIQUE constraint's index is left
         assert {"jobs_runnable", "jobs_created", "jobs_storage_key", "jobs_coords"} <= set(indexes)

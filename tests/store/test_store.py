@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -15,9 +16,10 @@ from fulfiller import jobs
 from fulfiller.intake import Delivery, NotAnObject
 from fulfiller.jobs import Attempt
 from fulfiller.store import Store, StoreUnavailable
-from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED
+from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED, UnreadableJob
 from fulfiller.store.sql import migrations
 from fulfiller.store.sqlite import SQLITE
+from support.odd_jobs import NESTED, ODD_ROWS, job_row
 from store.builders import (
     FULFILLED, PROJECT, REJECTED, REQUESTED, TIMEOUT, event, ingest_job, lifecycle_body, request_body, requested,
     status_of,
@@ -316,6 +318,98 @@ async def test_release_gives_the_job_back(store: Store) -> None:
     assert again is not None and (again.id, again.runs) == (job.id, 2)
     assert await store.release(job.id, "w2") is True
     assert (await store.claim("w3", 60)).id == job.id  # type: ignore[union-attr]
+
+
+# -- jobs that take workers down, and odd rows (see support.odd_jobs) -------------------------------------
+
+
+async def _insert_job(store: Store, **columns: Any) -> str:
+    """A job row as given (the rest as a fresh queued job's), under an event of its own; its id."""
+    event_id = f"evt-{uuid.uuid4().hex}"
+    assert await store.ingest(event(event_id, "other.topic", {}))
+    job_id, sql, values = job_row(event_id, **columns)
+    await store._write(lambda cur: store._x(cur, sql, values))  # type: ignore[attr-defined]
+    return job_id
+
+
+async def _claim_after_lapse(store: Store, owner: str, lease_s: float) -> Any:
+    """A claim, repeated until the clock has moved past a lease taken with ``lease_s=0``."""
+    deadline = time.monotonic() + 5
+    while (job := await store.claim(owner, lease_s)) is None and time.monotonic() < deadline:
+        pass
+    return job
+
+
+async def test_a_job_whose_worker_went_away_three_times_ends_failed(store: Store) -> None:
+    t0 = time.time() - 10
+    job_id = await _insert_job(store, created_at=t0)
+    for crashes, owner in enumerate(("w1", "w2", "w3")):
+        # Each worker takes it with a lease that lapses at once, as a worker that dies holding it leaves it.
+        taken = await _claim_after_lapse(store, owner, 0.0)
+        assert (taken.id, taken.runs, taken.crashes) == (job_id, crashes + 1, crashes)
+    other = await _insert_job(store, created_at=t0 + 1)
+    # The third lapse is its third crash: it ends failed, and the claim hands out the next job instead.
+    taken = await _claim_after_lapse(store, "w4", 60)
+    assert taken is not None and taken.id == other and taken.crashes == 0
+    failed = await store.get_job(job_id)
+    assert failed is not None
+    assert (failed.status, failed.error, failed.crashes, failed.runs, failed.lease_owner, failed.lease_until) == (
+        jobs.FAILED, "crashed 3 times", 3, 3, None, None)
+    assert await store.claim("w5", 60) is None
+    assert await store.renew(job_id, "w3", 60) is False
+
+
+async def test_a_job_given_back_or_finished_counts_no_crash(store: Store) -> None:
+    job_id = await _insert_job(store)
+    for owner in ("w1", "w2", "w3", "w4"):
+        taken = await store.claim(owner, 60)
+        assert taken is not None and taken.id == job_id
+        assert await store.release(job_id, owner)  # shutdown: back to the queue, no lease left to lapse
+    taken = await store.claim("w5", 60)
+    assert taken is not None and (taken.runs, taken.crashes) == (5, 0)
+
+
+async def test_a_claimed_job_that_cannot_be_loaded_is_named_and_stays_held(store: Store) -> None:
+    t0 = time.time() - 10
+    poisoned = {await _insert_job(store, created_at=t0, payload=NESTED): RecursionError,
+                await _insert_job(store, created_at=t0 + 1, payload="{not json"): json.JSONDecodeError}
+    healthy = await _insert_job(store, created_at=t0 + 2)
+    for job_id, error in poisoned.items():
+        with pytest.raises(UnreadableJob) as caught:
+            await store.claim("w", 60)
+        assert caught.value.job_id == job_id and isinstance(caught.value.cause, error)
+        # The claim stands: the job is the claimer's to end, in a write of its own.
+        assert await store.finish(job_id, "w", jobs.FAILED, {"error": "internal error"}) is True
+    taken = await store.claim("w", 60)
+    assert taken is not None and taken.id == healthy
+    # People still read them: the payload that does not decode is shown as none.
+    listed = {j.id: j for j in await store.list_jobs()}
+    for job_id in poisoned:
+        assert listed[job_id].payload is None and listed[job_id].status == jobs.FAILED
+        loaded = await store.get_job(job_id)
+        assert loaded is not None and loaded.payload is None
+
+
+async def test_every_odd_row_lists_reads_and_renders(store: Store) -> None:
+    ids = {await _insert_job(store, **row): name for name, row in ODD_ROWS.items()}
+    listed = await store.list_jobs(limit=100)
+    assert {j.id for j in listed} == set(ids)
+    for job in [*listed, *[await store.get_job(job_id) for job_id in ids]]:
+        assert job is not None
+        rendered = job.to_json(with_payload=True)
+        # What the admin API and the CLI do with it: plain UTF-8 JSON, no NaN.
+        json.dumps(rendered, ensure_ascii=False, allow_nan=False).encode()
+    shown = {ids[j.id]: j.to_json(with_payload=True) for j in listed}
+    assert shown["expires after year 9999"]["expires_at"] == "9999-12-31T23:59:59.999Z"
+    assert shown["expires at infinity"]["expires_at"] == "9999-12-31T23:59:59.999Z"
+    assert shown["lone surrogates"]["creative"] == {"code": "\ufffdHRT", "\ufffdkey": 1}
+    assert shown["creative not an object"]["creative"] == "HRT-1"
+    assert shown["code a number"]["creative"] == {"code": 1212, "variation": "inf"}
+    assert shown["payload not an object"]["event"] == [1, 2, 3]
+    assert shown["payload not JSON"]["event"] is None
+    assert shown["payload NaN"]["creative"] == {"code": "nan"}
+    assert shown["payload nested too deep"]["event"] is None
+    assert "…" in json.dumps(shown["payload nested just under the limit"]["event"], ensure_ascii=False)
 
 
 async def test_requeue_outcomes(store: Store) -> None:

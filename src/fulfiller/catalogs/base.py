@@ -8,6 +8,7 @@ coordinates (``find``, size known before any download), what are its bytes
 
 from __future__ import annotations
 
+import re
 import string
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
@@ -37,10 +38,53 @@ class Master:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def render_layout(layout: str, fields: Mapping[str, Any]) -> tuple[list[str], str]:
-    """Fill the layout template: the folder segments and the file stem (last segment)."""
-    path = string.Formatter().vformat(layout, (), dict(fields))
-    *folders, stem = [seg for seg in path.split("/") if seg]
+# The longest name a file system (ext4, APFS, NTFS) or a synced Drive folder holds, in UTF-8 bytes.
+MAX_SEGMENT_BYTES = 255
+# A character that would split a segment in some catalog ("/" everywhere, "\\" on Windows shares) or that no
+# file system, S3 key or Drive name should be asked for (NUL, C0 and C1 controls, DEL).
+_UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
+
+
+def _fits_one_segment(text: str) -> bool:
+    """True when ``text`` can stand in a single path segment of every catalog type (it may be empty)."""
+    if text in (".", "..") or _UNSAFE_CHARS.search(text):
+        return False
+    try:
+        return len(text.encode()) <= MAX_SEGMENT_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: nothing can be named by it
+        return False
+
+
+def render_layout(layout: str, fields: Mapping[str, Any]) -> tuple[list[str], str] | None:
+    """Fill the layout template: the folder segments and the file stem (last segment).
+
+    Only the layout's own ``/`` separates segments: a placeholder value is one
+    segment at most. None when a value is not a safe part of one segment (it
+    holds a separator or a control character, is ``.`` or ``..``, or is too
+    long), or when a segment holding a placeholder comes out empty, ``.``,
+    ``..`` or too long: such a request matches nothing in any catalog, and
+    asking the backend would only cost a call or walk out of the root. Empty
+    segments of the layout's own text (``a//b``) are dropped.
+    """
+    formatter = string.Formatter()
+    segments = [""]
+    filled: set[int] = set()  # indexes of the segments a placeholder wrote into
+    for literal, name, spec, conversion in formatter.parse(layout):
+        first, *more = literal.split("/")
+        segments[-1] += first
+        segments.extend(more)
+        if name is None:
+            continue
+        value = formatter.convert_field(formatter.get_field(name, (), fields)[0], conversion)
+        text = formatter.format_field(value, spec or "")
+        if not _fits_one_segment(text):
+            return None
+        segments[-1] += text
+        filled.add(len(segments) - 1)
+    kept = [seg for i, seg in enumerate(segments) if seg or i in filled]
+    if not kept or not all(seg and _fits_one_segment(seg) for seg in kept):
+        return None
+    *folders, stem = kept
     return folders, stem
 
 
@@ -51,12 +95,24 @@ class Catalog(ABC):
         self.name = name
         self.layout = layout
 
-    @abstractmethod
     async def find(self, fields: Mapping[str, Any], kind: str) -> list[Master]:
         """Candidates for the layout filled with ``fields``, best first (``fulfiller.media.rank``).
 
-        An empty list means "not in this catalog"; raise CatalogUnavailable when
-        the catalog cannot be asked right now.
+        An empty list means "not in this catalog"; it comes without asking the
+        backend when the filled layout is no safe path (see ``render_layout``).
+        CatalogUnavailable means the catalog cannot be asked right now.
+        """
+        rendered = render_layout(self.layout, fields)
+        if rendered is None:
+            return []
+        folders, stem = rendered
+        return await self.find_in(folders, stem, kind)
+
+    @abstractmethod
+    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
+        """Candidates named ``stem`` (any extension allowed for ``kind``) in the folder ``folders``, best first.
+
+        Every segment is a single, safe path segment (``render_layout`` checked it).
         """
 
     @abstractmethod

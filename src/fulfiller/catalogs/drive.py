@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
@@ -38,7 +38,7 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 from tenacity.wait import wait_exponential_jitter
 
 from fulfiller.bulkhttp import BulkHttp, release
-from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
 from fulfiller.config import DriveCatalogConfig
 from fulfiller.media import rank
 from fulfiller.retry import parse_retry_after
@@ -239,18 +239,17 @@ class DriveCatalog(Catalog):
 
     # -- finding -------------------------------------------------------------------------
 
-    async def find(self, fields: Mapping[str, Any], kind: str) -> list[Master]:
-        folders, stem = render_layout(self.layout, fields)
+    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
         path = tuple(folders)
         was_cached = self._cached(path) is not None
-        masters = await self._find_in(path, stem, kind)
+        masters = await self._look_in(path, stem, kind)
         if not masters and was_cached:
             # A cached folder id may be stale (folder deleted and recreated): look once more, afresh.
             self._forget(path)
-            masters = await self._find_in(path, stem, kind)
+            masters = await self._look_in(path, stem, kind)
         return masters
 
-    async def _find_in(self, path: tuple[str, ...], stem: str, kind: str) -> list[Master]:
+    async def _look_in(self, path: tuple[str, ...], stem: str, kind: str) -> list[Master]:
         try:
             folder = await self._folder(path)
             if folder is None:

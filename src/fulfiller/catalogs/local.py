@@ -1,25 +1,27 @@
 """Masters in a folder on this machine (or a mounted share).
 
 Used by the demo and by operators who sync masters to disk. Layout fields come
-from webhook payloads, so a creative code is untrusted input: a ``..`` segment
-must never walk out of the root.
+from webhook payloads, so a creative code is untrusted input: the base class
+hands over only single, safe segments (never ``..``), so a look-up stays under
+the root.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
 from fulfiller.config import LocalCatalogConfig
 from fulfiller.media import rank
 
-# "." and ".." re-point the path instead of naming a folder in it.
-_UNSAFE_SEGMENTS = frozenset({".", ".."})
-_SEPARATORS = tuple(s for s in (os.sep, os.altsep) if s)
+# Errors that say one path cannot name anything here (missing, a file where a folder should be, too long,
+# a symbolic link loop, a name this file system cannot hold), not that the disk is unwell: nothing found.
+_NO_SUCH_PATH = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EILSEQ})
 
 
 class LocalCatalog(Catalog):
@@ -35,10 +37,7 @@ class LocalCatalog(Catalog):
         """The catalog ``cfg`` describes; a relative root is taken from the current directory."""
         return cls(name, cfg.layout, Path(cfg.root))
 
-    async def find(self, fields: Mapping[str, Any], kind: str) -> list[Master]:
-        folders, stem = render_layout(self.layout, fields)
-        if not all(_safe(seg) for seg in [*folders, stem]):
-            return []
+    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
         folder = self.root.joinpath(*folders)
         entries = await asyncio.to_thread(self._list_files, folder)
         return [
@@ -67,13 +66,15 @@ class LocalCatalog(Catalog):
                     try:
                         if entry.is_file():
                             files[entry.name] = entry.stat().st_size
-                    except FileNotFoundError:
-                        continue  # removed (or a dangling link) while we looked: not a candidate
-        except (FileNotFoundError, NotADirectoryError):
-            return {}
-        except PermissionError as exc:
-            raise CatalogError(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
+                    except OSError as exc:
+                        if exc.errno in _NO_SUCH_PATH:
+                            continue  # removed while we looked, a dangling link or a link loop: not a candidate
+                        raise
         except OSError as exc:
+            if exc.errno in _NO_SUCH_PATH:
+                return {}
+            if isinstance(exc, PermissionError):
+                raise CatalogError(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
             raise CatalogUnavailable(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
         return files
 
@@ -113,7 +114,3 @@ class LocalCatalog(Catalog):
             # EIO, a stale NFS handle: the disk or share may come back.
             raise CatalogUnavailable(f"catalog {self.name}: read failed on {master.object}: {exc.strerror}") from exc
 
-
-def _safe(segment: str) -> bool:
-    """False for a segment that could leave its folder (``..``, separators, NUL)."""
-    return segment not in _UNSAFE_SEGMENTS and "\0" not in segment and not any(s in segment for s in _SEPARATORS)

@@ -21,7 +21,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master, render_layout
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
 from fulfiller.config import S3CatalogConfig
 from fulfiller.media import rank
 
@@ -72,8 +72,7 @@ class S3Catalog(Catalog):
         )
         return cls(name, cfg.layout, cfg.bucket, cfg.prefix, client)
 
-    async def find(self, fields: Mapping[str, Any], kind: str) -> list[Master]:
-        folders, stem = render_layout(self.layout, fields)
+    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
         folder = self.prefix + "".join(f"{seg}/" for seg in folders)
         objects = await self._call(f"list {folder!r}", self._list_folder, folder)
         return [self._master(folder + name, objects[name]) for name in rank(list(objects), stem, kind)]

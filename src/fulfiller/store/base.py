@@ -20,6 +20,16 @@ class StoreUnavailable(Exception):
     """The store cannot answer or commit right now (the receiver says 503 so the sender retries)."""
 
 
+class UnreadableJob(Exception):
+    """A claim took a job whose stored row does not read back as a Job (its payload does not decode):
+    the job's fault, not the store's. The claimer holds its lease and ends it."""
+
+    def __init__(self, job_id: str, cause: Exception):
+        super().__init__(f"job {job_id} cannot be read: {type(cause).__name__}: {cause}")
+        self.job_id = job_id
+        self.cause = cause
+
+
 @dataclass
 class Stats:
     """What the metrics endpoint reports about the queue."""
@@ -35,6 +45,11 @@ IS_RUNNING = "running"
 PAST_DEADLINE = "expired"
 NOT_RERUNNABLE = "not_rerunnable"
 ALREADY_CLOSED = "already_closed"  # skip asked for a job whose wait token is already answered
+
+# A job whose worker went away while holding it (a crash, a lease it could not renew) this many
+# times ends ``failed`` instead of being claimed again: it may be what takes workers down.
+MAX_CRASHES = 3
+CRASHED = f"crashed {MAX_CRASHES} times"
 
 
 class Store(ABC):
@@ -67,7 +82,11 @@ class Store(ABC):
 
     @abstractmethod
     async def claim(self, owner: str, lease_s: float) -> Job | None:
-        """Take the oldest runnable job (queued, or running with a lapsed lease) for ``owner``."""
+        """Take the oldest runnable job (queued, or running with a lapsed lease) for ``owner``.
+
+        Taking a job whose lease lapsed counts a crash; a job at MAX_CRASHES ends ``failed`` (CRASHED)
+        and is passed over. Raises UnreadableJob when the job taken cannot be loaded.
+        """
 
     @abstractmethod
     async def renew(self, job_id: str, owner: str, lease_s: float) -> bool:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import itertools
 import json
+import logging
 import operator
 import queue
 import threading
@@ -33,7 +35,9 @@ from fulfiller.events import Lifecycle
 from fulfiller.jobs import Attempt, Job
 from fulfiller.store.base import (
     ALREADY_CLOSED,
+    CRASHED,
     IS_RUNNING,
+    MAX_CRASHES,
     NOT_FOUND,
     NOT_RERUNNABLE,
     PAST_DEADLINE,
@@ -42,14 +46,17 @@ from fulfiller.store.base import (
     Stats,
     Store,
     StoreUnavailable,
+    UnreadableJob,
 )
+
+log = logging.getLogger("fulfiller.store")
 
 # Columns of the jobs table, in Job's field order (attempts live in their own table).
 JOB_COLUMNS = (
     "id", "event_id", "status", "request_kind", "payload", "storage_key", "project_id", "code",
     "variation", "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "extension",
     "content_type", "content_hash", "bytes", "skip_reason", "error", "lifecycle_reason", "source",
-    "runs", "lease_owner", "lease_until", "not_before", "skip_requested",
+    "runs", "lease_owner", "lease_until", "not_before", "skip_requested", "callback_key", "crashes",
 )
 # What a worker may record on a job it holds.
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
@@ -58,15 +65,25 @@ _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # defaults, which are the Job's. Each NULL bound costs as much as a short string, and most were NULLs.
 NEW_JOB_COLUMNS = (
     "id", "event_id", "status", "request_kind", "payload", "storage_key", "project_id", "code", "variation",
-    "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "error",
+    "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "error", "callback_key",
 )
 _PAYLOAD = NEW_JOB_COLUMNS.index("payload")
 _new_job_columns = operator.attrgetter(*NEW_JOB_COLUMNS)  # a Job's column values as a tuple, in one call
 _INSERT_JOBS = f"INSERT INTO jobs ({', '.join(NEW_JOB_COLUMNS)}) VALUES"
+# A request whose wait token a stored job holds is a duplicate: its job is not inserted (see _ingest).
+_UNLESS_HELD = " ON CONFLICT (callback_key) DO NOTHING"
 _INSERT_EVENTS = "INSERT INTO events (event_id, topic, received_at, body, note) VALUES"
-# The ids of these events already stored, and a NULL row if any lifecycle event still waits for its job.
-_KNOWN_AND_PENDING = ("SELECT event_id FROM events WHERE event_id IN ({marks}) UNION ALL SELECT NULL FROM"
-                      " (SELECT 1 FROM events WHERE lc_status IS NOT NULL AND applied_job IS NULL LIMIT 1)")
+# Which of these event ids are stored (event_id, NULL), which of these wait tokens a job holds
+# (NULL, callback_key), and a (NULL, NULL) row if any lifecycle event still waits for its job.
+_KNOWN_AND_PENDING = (
+    "SELECT event_id, NULL FROM events WHERE event_id IN ({ids})"
+    " UNION ALL SELECT NULL, callback_key FROM jobs WHERE callback_key IN ({keys})"
+    " UNION ALL SELECT NULL, NULL FROM"
+    " (SELECT 1 FROM events WHERE lc_status IS NOT NULL AND applied_job IS NULL LIMIT 1)"
+)
+# The longest coordinates key stored as it is: events.lc_coords is in an index, whose rows have a size
+# limit (~2.7 KB on PostgreSQL); a longer one is stored as its digest.
+_COORDS_KEY_CHARS = 512
 _PENDING_LC = ("SELECT event_id, lc_status, lc_reason, received_at FROM events"
                " WHERE lc_status IS NOT NULL AND applied_job IS NULL AND ")
 _EARLY_LIFECYCLE = (
@@ -170,6 +187,19 @@ def migrations(d: Dialect) -> list[list[str]]:
         # and with a publisher's random event ids every new job wrote a page of it somewhere else.
         _rebuild_jobs_without_unique_event_id(first) if d.name == "sqlite"
         else ["ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_event_id_key"],
+        [
+            # The wait token identifies a request whatever its (unsigned) event id: the SHA-256 of
+            # completeCallbackUrl, so that no URL length can exceed an index row.
+            "ALTER TABLE jobs ADD COLUMN callback_key TEXT",
+            "CREATE UNIQUE INDEX jobs_callback_key ON jobs (callback_key)",
+            # How often a worker died (or lost its lease) holding the job: a job that keeps taking
+            # workers down is failed instead of claimed again.
+            "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+            # Three fields of up to 1 KiB each (and the variation) exceed PostgreSQL's B-tree row limit
+            # (~2.7 KB); the project id adds nothing to the code's selectivity.
+            "DROP INDEX jobs_coords",
+            "CREATE INDEX jobs_coords ON jobs (code, variation, locale)",
+        ],
     ]
 
 
@@ -189,7 +219,10 @@ def _rebuild_jobs_without_unique_event_id(first: list[str]) -> list[str]:
 
 
 def coords_key(project_id: str, code: str, variation: int, locale: str) -> str:
-    return json.dumps([project_id, code, variation, locale])
+    """The key a lifecycle event and a job share when they name the same coordinates: their JSON (ASCII),
+    or its SHA-256 when that is long."""
+    key = json.dumps([project_id, code, variation, locale])
+    return key if len(key) <= _COORDS_KEY_CHARS else "sha256:" + hashlib.sha256(key.encode("ascii")).hexdigest()
 
 
 class SqlStore(Store):
@@ -448,7 +481,11 @@ class SqlStore(Store):
         if cur.rowcount == 0:
             return False
         if ev.job is not None:
-            self._x(cur, _rows_sql(_INSERT_JOBS, len(NEW_JOB_COLUMNS), 1), _job_values(ev.job, ev.body))
+            self._x(cur, _rows_sql(_INSERT_JOBS, len(NEW_JOB_COLUMNS), 1) + _UNLESS_HELD,
+                    _job_values(ev.job, ev.body))
+            if cur.rowcount == 0:  # a stored request holds its wait token: a duplicate, and nothing is kept
+                self._x(cur, "DELETE FROM events WHERE event_id = ?", (ev.event_id,))
+                return False
             self._apply_early_lifecycle(cur, ev.job)
             if ev.job.status == jobs.QUEUED:
                 self._queued(cur)
@@ -461,19 +498,25 @@ class SqlStore(Store):
     def _ingest_many(self, cur: Any, evs: list[IncomingEvent]) -> list[bool]:
         """``_ingest`` for events without a lifecycle, with one statement per step for them all.
 
-        Under the batch's write lock nobody else inserts, so the ids found here are all the
-        duplicates; should an insert clash anyway, it raises and the batch runs write by write.
+        Under the batch's write lock nobody else inserts, so the ids and wait tokens found here
+        (with those of the batch's earlier events) are all the duplicates; should an insert clash
+        anyway, it raises and the batch runs write by write.
         """
-        found = self._x(cur, _KNOWN_AND_PENDING.format(marks=_marks(len(evs))),
-                        tuple(ev.event_id for ev in evs)).fetchall()
-        seen = {row[0] for row in found}
-        lifecycle_pending = None in seen
+        keys = tuple(ev.job.callback_key for ev in evs if ev.job is not None and ev.job.callback_key is not None)
+        sql = _KNOWN_AND_PENDING.format(ids=_marks(len(evs)), keys=_marks(len(keys)) or "NULL")
+        found = self._x(cur, sql, (*(ev.event_id for ev in evs), *keys)).fetchall()
+        seen = {event_id for event_id, _ in found}
+        held = {key for _, key in found}
+        lifecycle_pending = (None, None) in found
         stored: list[bool] = []
         new: list[IncomingEvent] = []
         for ev in evs:
-            stored.append(ev.event_id not in seen)
+            key = ev.job.callback_key if ev.job is not None else None
+            stored.append(ev.event_id not in seen and (key is None or key not in held))
             if stored[-1]:
                 seen.add(ev.event_id)
+                if key is not None:
+                    held.add(key)
                 new.append(ev)
         if not new:
             return stored
@@ -508,8 +551,7 @@ class SqlStore(Store):
         # A hybrid creative has a feed job and a story_reel job on the same coordinates:
         # prefer the one whose aspect is the one the event names.
         for job_id, chosen, payload in rows:
-            creative = json.loads(payload).get("creative") or {}
-            if lc.aspect and lc.aspect in (chosen, creative.get("aspectRatio")):
+            if lc.aspect and lc.aspect in (chosen, _requested_aspect(payload)):
                 return job_id
         return rows[0][0] if rows else None
 
@@ -539,26 +581,59 @@ class SqlStore(Store):
             self._apply_lifecycle(cur, row[0], job.id, row[1], row[2], job.created_at)
 
     async def claim(self, owner: str, lease_s: float) -> Job | None:
-        def op(cur: Any) -> Job | None:
-            now = time.time()
+        # The write takes the job by its id alone; the row is read after it commits. A row that cannot
+        # be read (or decoded) then fails that read, not the claim: the job is ours, and ours to end.
+        job_id, crashed_out = await self._write(lambda cur: self._take(cur, owner, lease_s))
+        for crashed in crashed_out:
+            log.warning("job failed: %s", CRASHED, extra={"job_id": crashed, "status": jobs.FAILED, "reason": CRASHED})
+        if job_id is None:
+            return None
+        row = await self._read(lambda cur: self._x(cur, f"{_SELECT_JOB} WHERE id = ?", (job_id,)).fetchone())
+        if row is None:
+            return None  # deleted since (by hand: pruning keeps running jobs)
+        try:
+            return _job_from_row(row)
+        except Exception as exc:
+            raise UnreadableJob(job_id, exc) from exc
+
+    def _take(self, cur: Any, owner: str, lease_s: float) -> tuple[str | None, list[str]]:
+        """The id of the oldest runnable job, now leased to ``owner`` (None when there is none), and the jobs
+        passed over because they had crashed too often, now ``failed``.
+
+        A job still ``running`` with a lapsed lease lost its worker (a crash, a lease it could not
+        renew): that counts a crash, and the MAX_CRASHES-th ends it instead of handing it out again.
+        """
+        now = time.time()
+        crashed_out: list[str] = []
+        while True:
             row = self._x(
                 cur,
-                "SELECT id FROM jobs WHERE (status = 'queued' AND not_before <= ?)"
+                "SELECT id, status, crashes FROM jobs WHERE (status = 'queued' AND not_before <= ?)"
                 " OR (status = 'running' AND lease_until < ?) ORDER BY not_before, created_at LIMIT 1"
                 + self.dialect.skip_locked,
                 (now, now),
             ).fetchone()
             if row is None:
-                return None
+                return None, crashed_out
+            job_id, status, crashes = row
+            if status == jobs.RUNNING:
+                crashes += 1
+                if crashes >= MAX_CRASHES:
+                    self._x(
+                        cur,
+                        "UPDATE jobs SET status = 'failed', error = ?, crashes = ?, lease_owner = NULL,"
+                        " lease_until = NULL, updated_at = ? WHERE id = ?",
+                        (CRASHED, crashes, now, job_id),
+                    )
+                    crashed_out.append(job_id)
+                    continue
             self._x(
                 cur,
                 "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, runs = runs + 1,"
-                " updated_at = ? WHERE id = ?",
-                (owner, now + lease_s, now, row[0]),
+                " crashes = ?, updated_at = ? WHERE id = ?",
+                (owner, now + lease_s, crashes, now, job_id),
             )
-            return self._load_job(cur, row[0], with_attempts=False)
-
-        return await self._write(op)
+            return job_id, crashed_out
 
     async def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
         def op(cur: Any) -> bool:
@@ -633,23 +708,23 @@ class SqlStore(Store):
             self._wake()
         return released
 
-    def _load_job(self, cur: Any, job_id: str, *, with_attempts: bool) -> Job | None:
+    def _load_job(self, cur: Any, job_id: str) -> Job | None:
+        """The job with its attempts, for people to read (an odd payload does not stop it)."""
         row = self._x(cur, f"{_SELECT_JOB} WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
-        job = _job_from_row(row)
-        if with_attempts:
-            rows = self._x(
-                cur,
-                "SELECT step, started_at, duration_ms, http_status, error, detail FROM attempts"
-                " WHERE job_id = ? ORDER BY id",
-                (job_id,),
-            ).fetchall()
-            job.attempts = [Attempt(*r) for r in rows]
+        job = _job_from_row(row, for_display=True)
+        rows = self._x(
+            cur,
+            "SELECT step, started_at, duration_ms, http_status, error, detail FROM attempts"
+            " WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        ).fetchall()
+        job.attempts = [Attempt(*r) for r in rows]
         return job
 
     async def get_job(self, job_id: str) -> Job | None:
-        return await self._read(lambda cur: self._load_job(cur, job_id, with_attempts=True))
+        return await self._read(lambda cur: self._load_job(cur, job_id))
 
     async def list_jobs(
         self, status: str | None = None, code: str | None = None, limit: int = 50, offset: int = 0
@@ -666,7 +741,7 @@ class SqlStore(Store):
         sql = _SELECT_JOB + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
         def op(cur: Any) -> list[Job]:
-            found = [_job_from_row(r) for r in self._x(cur, sql, (*params, limit, offset)).fetchall()]
+            found = [_job_from_row(r, for_display=True) for r in self._x(cur, sql, (*params, limit, offset)).fetchall()]
             if found:
                 by_id = {j.id: j for j in found}
                 marks = ", ".join("?" for _ in by_id)
@@ -758,6 +833,17 @@ def _job_values(job: Job, body: str) -> tuple[Any, ...]:
     return (*values[:_PAYLOAD], body, *values[_PAYLOAD + 1:])
 
 
+def _requested_aspect(payload: str) -> Any:
+    """The aspect a stored request names; None when its payload cannot be read back (a job stored before
+    intake bounded nesting may hold one too deep for the decoder)."""
+    try:
+        request = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    creative = request.get("creative") if isinstance(request, dict) else None
+    return creative.get("aspectRatio") if isinstance(creative, dict) else None
+
+
 def _coords_tuple(lc: Lifecycle) -> tuple[str, str, int, str]:
     assert lc.coords is not None
     c = lc.coords
@@ -770,7 +856,14 @@ def _settle(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
             fut.set_result(result)
 
 
-def _job_from_row(row: tuple[Any, ...]) -> Job:
+def _job_from_row(row: tuple[Any, ...], *, for_display: bool = False) -> Job:
+    """The Job a row holds. Its payload decodes, or this raises; ``for_display``: a payload that does not
+    (a job stored before intake bounded nesting, a row written by hand) is None instead."""
     values = dict(zip(JOB_COLUMNS, row))
-    values["payload"] = json.loads(values["payload"])
+    try:
+        values["payload"] = json.loads(values["payload"])
+    except (ValueError, TypeError, RecursionError):
+        if not for_display:
+            raise
+        values["payload"] = None
     return Job(**values)
