@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fulfiller import events, jobs
-from fulfiller.intake import NotAnObject, new_job, parse_object, plan
+from fulfiller.intake import NotAnObject, new_job, parse_object, plan, wait_token_key
 from fulfiller.store.sql import NEW_JOB_COLUMNS
 from fulfiller.testevent import sample_event
 
@@ -173,17 +173,25 @@ def test_a_new_job_sets_only_the_columns_the_store_inserts(data: dict[str, Any])
 
 
 def test_every_new_job_keys_its_wait_token() -> None:
-    digest = hashlib.sha256(CALLBACK.encode()).hexdigest()
-    assert new_job("evt", oss(), NOW).callback_key == digest
+    assert new_job("evt", oss(), NOW).callback_key == CALLBACK  # a usual URL is its own key
     broken = oss()
     broken["creative"]["kind"] = "hologram"
     invalid = new_job("evt", broken, NOW)
-    assert (invalid.status, invalid.callback_key) == (jobs.INVALID, digest)  # replays of it are duplicates too
+    assert (invalid.status, invalid.callback_key) == (jobs.INVALID, CALLBACK)  # replays of it are duplicates too
     unsafe = oss()
     unsafe["fulfillment"]["completeCallbackUrl"] = "https://x/\ud800"
-    assert new_job("evt", unsafe, NOW).callback_key == hashlib.sha256(b"https://x/\xed\xa0\x80").hexdigest()
+    assert new_job("evt", unsafe, NOW).callback_key == "sha256:" + hashlib.sha256(b"https://x/\xed\xa0\x80").hexdigest()
     for missing in ({}, {"fulfillment": {"completeCallbackUrl": 7}}, {"fulfillment": "x"}):
         assert new_job("evt", missing, NOW).callback_key is None
+
+
+def test_a_wait_token_too_long_for_an_index_row_is_keyed_by_its_digest() -> None:
+    long = "https://api.trigger.dev/tokens/" + "t" * 8000
+    assert wait_token_key(long) == "sha256:" + hashlib.sha256(long.encode()).hexdigest()
+    assert wait_token_key("https://a/" + "t" * 502) == "https://a/" + "t" * 502  # 512 bytes: as it is
+    assert wait_token_key("https://a/" + "t" * 503).startswith("sha256:")
+    # A string shaped like a digest key is hashed too: no token can take another's key.
+    assert wait_token_key(wait_token_key(long)) != wait_token_key(long)
 
 
 @pytest.mark.parametrize("mutate, field, nulled", [

@@ -24,6 +24,8 @@ from fulfiller.jobs import Job
 # The delivery lines, under the receiver's name wherever they are written from (see log_taken).
 log = logging.getLogger("fulfiller.receiver")
 MAX_DEPTH = 64  # nesting levels a body may have (the object itself is the first)
+MAX_RAW_KEY_BYTES = 512  # the longest wait token kept as it is in the jobs_callback_key index
+_DIGEST_PREFIX = "sha256:"
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,24 @@ def new_job(event_id: str, data: Mapping[str, Any], now: float, *, check_strings
 
 
 def _wait_token_key(data: Mapping[str, Any]) -> str | None:
-    """The SHA-256 (hex) of the request's completeCallbackUrl: the wait token identifies the request whatever
-    its (unsigned) event id, and its digest fits any index."""
     callback = _field(data, "fulfillment", "completeCallbackUrl")
-    return hashlib.sha256(callback.encode("utf-8", "surrogatepass")).hexdigest() if isinstance(callback, str) else None
+    return wait_token_key(callback) if isinstance(callback, str) else None
+
+
+def wait_token_key(callback_url: str) -> str:
+    """The key that identifies a request whatever its (unsigned) event id: its completeCallbackUrl.
+
+    A URL is its own key when short enough for any index row, so that keys ordered like the
+    platform's tokens land side by side in the index; a longer one, or one that cannot be stored
+    as UTF-8 (a lone surrogate), is keyed by its SHA-256, marked so that it cannot equal a URL.
+    """
+    try:
+        encoded = callback_url.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = b""
+    if encoded and len(encoded) <= MAX_RAW_KEY_BYTES and not callback_url.startswith(_DIGEST_PREFIX):
+        return callback_url
+    return _DIGEST_PREFIX + hashlib.sha256(callback_url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _storable_int(value: Any) -> bool:

@@ -124,7 +124,7 @@ class Job:
     lease_until: float | None = None
     not_before: float = 0.0
     skip_requested: str | None = None
-    callback_key: str | None = None  # SHA-256 of completeCallbackUrl: the request's identity
+    callback_key: str | None = None  # the request's identity: intake.wait_token_key(completeCallbackUrl)
     crashes: int = 0  # runs that ended with their worker gone (crash, lease lost)
     attempts: list[Attempt] = field(default_factory=list)
 

@@ -188,8 +188,8 @@ def migrations(d: Dialect) -> list[list[str]]:
         _rebuild_jobs_without_unique_event_id(first) if d.name == "sqlite"
         else ["ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_event_id_key"],
         [
-            # The wait token identifies a request whatever its (unsigned) event id: the SHA-256 of
-            # completeCallbackUrl, so that no URL length can exceed an index row.
+            # The wait token identifies a request whatever its (unsigned) event id: completeCallbackUrl,
+            # or its SHA-256 when long (intake.wait_token_key), so that no URL can exceed an index row.
             "ALTER TABLE jobs ADD COLUMN callback_key TEXT",
             "CREATE UNIQUE INDEX jobs_callback_key ON jobs (callback_key)",
             # How often a worker died (or lost its lease) holding the job: a job that keeps taking
