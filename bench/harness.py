@@ -373,7 +373,7 @@ class Harness:
 
         The time is the sink's (callback arrival) less this process's (event sent): one clock, one machine.
         """
-        from fulfiller.testevent import sample_event, signed_headers
+        from fulfiller.ops.testevent import sample_event, signed_headers
 
         assert self.fulfiller is not None
         code = self.code(size)

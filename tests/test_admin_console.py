@@ -52,7 +52,7 @@ pytestmark = pytest.mark.skipif(_chromium() is None, reason="no Chromium on PATH
 
 
 def _html() -> str:
-    return files("fulfiller").joinpath("static/admin.html").read_text()
+    return files("fulfiller.ops").joinpath("static/admin.html").read_text()
 
 
 def test_console_script_matches_its_content_security_policy() -> None:

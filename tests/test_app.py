@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 
 from fulfiller.app import create_app
 from fulfiller.config import Config, parse_config
-from fulfiller.worker import worker_service
+from fulfiller.delivery.worker import worker_service
 from support.postgres import PgCluster, pg_cluster, pg_database, reset_schema
 
 __all__ = ["pg_cluster", "pg_database"]

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from fulfiller.jobs import FINAL
-from fulfiller.testevent import signed_headers
+from fulfiller.ops.testevent import signed_headers
 from support.platform import PlatformDouble, run_platform
 from support.postgres import PgCluster, pg_cluster, pg_private_cluster
 from support.servers import ServeProcess, fulfiller_command, wait_until

@@ -48,7 +48,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fulfiller.jobs import FINAL
-from fulfiller.testevent import signed_headers
+from fulfiller.ops.testevent import signed_headers
 from support.fulfiller_proc import FulfillerProcess, fast_worker
 from support.masters import media
 from support.platform import PROJECT_ID, PlatformDouble, run_platform, source_requested

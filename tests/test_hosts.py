@@ -10,9 +10,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fulfiller import hosts
-from fulfiller.callback import callback_target
+from fulfiller.delivery.callback import callback_target
 from fulfiller.hosts import HostNotAllowed, Target, UnsafeUrl, check_url, parse_pattern, parse_target
-from fulfiller.transfer import upload_target
+from fulfiller.delivery.transfer import upload_target
 
 R2 = ["*.r2.cloudflarestorage.com"]
 

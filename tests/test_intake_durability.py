@@ -20,7 +20,7 @@ import pytest
 
 from fulfiller.app import create_app
 from fulfiller.config import load_config
-from fulfiller.testevent import sample_event, signed_headers
+from fulfiller.ops.testevent import sample_event, signed_headers
 from support.servers import (
     TEST_ADMIN_TOKEN,
     TEST_SECRET,

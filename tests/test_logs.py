@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from fulfiller.logs import FIELDS, BlockHandler, JsonFormatter, TextFormatter, setup_logging
-from fulfiller.testevent import signed_headers
+from fulfiller.ops.testevent import signed_headers
 from support.fulfiller_proc import FulfillerProcess, attempts
 from support.platform import run_platform, source_requested, storage_key
 from support.servers import wait_until

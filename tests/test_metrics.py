@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fulfiller.testevent import signed_headers
+from fulfiller.ops.testevent import signed_headers
 from support.fulfiller_proc import FulfillerProcess, attempts
 from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
 

@@ -28,8 +28,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from fulfiller.app import create_app
 from fulfiller.config import load_config
-from fulfiller.signing import sign_outpost
-from fulfiller.testevent import sample_event
+from fulfiller.intake.signing import sign_outpost
+from fulfiller.ops.testevent import sample_event
 from support.servers import TEST_ADMIN_TOKEN, TEST_SECRET, write_config
 
 MAX_BODY = 16384

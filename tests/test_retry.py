@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from fulfiller import retry
-from fulfiller.callback import post_callback
+from fulfiller.delivery.callback import post_callback
 from fulfiller.retry import Transient, parse_retry_after, with_retries
-from fulfiller.transfer import Refused, transient_for
+from fulfiller.delivery.transfer import Refused, transient_for
 
 
 class Flaky:

@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fulfiller.app import create_app
-    from fulfiller.worker import worker_service
+    from fulfiller.delivery.worker import worker_service
 
     config = _config(args)
     app = create_app(config, service=None if args.no_worker else worker_service(config))
@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from fulfiller.worker import run_workers
+    from fulfiller.delivery.worker import run_workers
 
     asyncio.run(run_workers(_config(args)))
     return EXIT_OK
@@ -52,7 +52,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     print(f"ok: {len(config.catalogs)} catalog(s), {len(config.routes)} route(s), state {config.state.split(':')[0]}")
     if args.probe:
-        from fulfiller.resolve import probe_catalogs
+        from fulfiller.delivery.resolve import probe_catalogs
 
         failures = asyncio.run(probe_catalogs(config, print))
         return EXIT_USAGE if failures else EXIT_OK
@@ -60,31 +60,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    from fulfiller.resolve import dry_run
+    from fulfiller.delivery.resolve import dry_run
 
     return asyncio.run(dry_run(_config(args), args, print))
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from fulfiller.operator import list_jobs
+    from fulfiller.ops.commands import list_jobs
 
     return asyncio.run(list_jobs(_config(args), args.status, args.code, args.limit, args.json, print))
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from fulfiller.operator import rerun
+    from fulfiller.ops.commands import rerun
 
     return asyncio.run(rerun(_config(args), args.job_id, print))
 
 
 def cmd_send_test_event(args: argparse.Namespace) -> int:
-    from fulfiller.testevent import send_test_event
+    from fulfiller.ops.testevent import send_test_event
 
     return send_test_event(args, print)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fulfiller.demo import run_demo
+    from fulfiller.ops.demo import run_demo
 
     return asyncio.run(run_demo(print, keep=args.keep))
 

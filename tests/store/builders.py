@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fulfiller.intake import plan
+from fulfiller.intake.admission import plan
 from fulfiller.jobs import Job
 from fulfiller.store import IncomingEvent, Store
 

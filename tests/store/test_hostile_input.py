@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from fulfiller import jobs
-from fulfiller.intake import Delivery, wait_token_key
+from fulfiller.intake.admission import Delivery, wait_token_key
 from fulfiller.jobs import Job
 from fulfiller.store import Store
 from fulfiller.store.sql import coords_key

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fulfiller.intake import Delivery, NotAnObject
+from fulfiller.intake.admission import Delivery, NotAnObject
 from fulfiller.store import StoreUnavailable
 from fulfiller.store.ingester import Frames, frame, from_wire, to_wire
 from fulfiller.store.sqlite import SQLiteStore

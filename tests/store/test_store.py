@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fulfiller import jobs
-from fulfiller.intake import Delivery, NotAnObject
+from fulfiller.intake.admission import Delivery, NotAnObject
 from fulfiller.jobs import Attempt
 from fulfiller.store import Store, StoreUnavailable
 from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED, UnreadableJob

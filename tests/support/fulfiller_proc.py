@@ -27,7 +27,7 @@ import httpx
 import yaml
 
 from fulfiller.jobs import FINAL
-from fulfiller.testevent import signed_headers
+from fulfiller.ops.testevent import signed_headers
 from support.servers import ServeProcess, admin_jobs, free_port
 
 SOURCE_REQUESTED = "video.source_requested"

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from fulfiller.intake import Delivery, IncomingEvent, admit, log_taken
+from fulfiller.intake.admission import Delivery, IncomingEvent, admit, log_taken
 from fulfiller.jobs import Attempt, Job
 
 

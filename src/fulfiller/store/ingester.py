@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fulfiller.intake import Delivery, NotAnObject, admit, log_taken
+from fulfiller.intake.admission import Delivery, NotAnObject, admit, log_taken
 from fulfiller.logs import setup_logging
 from fulfiller.store.base import StoreUnavailable
 from fulfiller.store.sql import Ingest, SqlStore

@@ -657,13 +657,6 @@ class SqlStore(Store):
             )
         )
 
-    def _set_clause(self, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        bad = set(fields) - UPDATABLE
-        if bad:
-            raise ValueError(f"not updatable: {sorted(bad)}")
-        cols = [*fields, "updated_at"]
-        return ", ".join(f"{c} = ?" for c in cols), (*fields.values(), time.time())
-
     async def update(self, job_id: str, owner: str, fields: dict[str, Any]) -> bool:
         return await self._update_held(job_id, owner, fields, None)
 

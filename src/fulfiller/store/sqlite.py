@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from fulfiller.events import SOURCE_REQUESTED
-from fulfiller.intake import Delivery
+from fulfiller.intake.admission import Delivery
 from fulfiller.store.ingester import IngestProcess
 from fulfiller.store.sql import Dialect, SqlStore
 

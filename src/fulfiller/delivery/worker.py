@@ -25,13 +25,13 @@ import httpx
 
 from fulfiller import jobs
 from fulfiller.config import Config
-from fulfiller.engine import Engine
+from fulfiller.delivery.engine import Engine
 from fulfiller.jobs import Job, internal_error
 from fulfiller.metrics import Metrics
-from fulfiller.resolve import Catalogs
+from fulfiller.delivery.resolve import Catalogs
 from fulfiller.store import Store, StoreUnavailable, open_store
 from fulfiller.store.base import UnreadableJob
-from fulfiller.transfer import Uploader
+from fulfiller.delivery.transfer import Uploader
 
 log = logging.getLogger("fulfiller.worker")
 

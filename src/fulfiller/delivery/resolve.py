@@ -15,8 +15,8 @@ from fulfiller.catalogs.base import Catalog, Master, Opened
 from fulfiller.catalogs.registry import build_catalog
 from fulfiller.config import Config
 from fulfiller.events import Coordinates, SourceRequest
-from fulfiller.routing import aspect_order, no_match_reason, route_for
-from fulfiller.sniff import HEAD_BYTES, classify, sniff
+from fulfiller.delivery.routing import aspect_order, no_match_reason, route_for
+from fulfiller.delivery.sniff import HEAD_BYTES, classify, sniff
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 from support.fulfiller_proc import FulfillerProcess, fast_worker
 from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
 
-MEDIA = Path(__file__).parent / "media"
+MEDIA = Path(__file__).resolve().parents[1] / "media"
 MASTER_BYTES = 4 * 1024 * 1024
 GRACE_S = 2.0
 # uvicorn re-raises the signal once its shutdown is done, so a graceful stop exits "by SIGTERM".

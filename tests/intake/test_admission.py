@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fulfiller import events, jobs
-from fulfiller.intake import NotAnObject, new_job, parse_object, plan, wait_token_key
+from fulfiller.intake.admission import NotAnObject, new_job, parse_object, plan, wait_token_key
 from fulfiller.store.sql import NEW_JOB_COLUMNS
-from fulfiller.testevent import sample_event
+from fulfiller.ops.testevent import sample_event
 
 NOW = 1_777_000_000.0
 UPLOAD = "https://acct.r2.cloudflarestorage.com/bucket/key?X-Amz-Signature=abc"

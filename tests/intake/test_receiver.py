@@ -25,9 +25,9 @@ import pytest
 
 from fulfiller.app import create_app
 from fulfiller.config import load_config
-from fulfiller.intake import wait_token_key
-from fulfiller.signing import sign_outpost
-from fulfiller.testevent import sample_event, signed_headers
+from fulfiller.intake.admission import wait_token_key
+from fulfiller.intake.signing import sign_outpost
+from fulfiller.ops.testevent import sample_event, signed_headers
 from support.servers import TEST_ADMIN_TOKEN, TEST_SECRET, admin_jobs, serve_in_thread, write_config
 
 REQUESTED = "video.source_requested"

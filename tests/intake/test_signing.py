@@ -18,7 +18,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.datastructures import Headers
 
-from fulfiller.signing import (
+from fulfiller.intake.signing import (
     SignatureError,
     Verifier,
     sign_outpost,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from fulfiller.media import MIME_TYPES
-from fulfiller.sniff import HEAD_BYTES, classify, sniff
+from fulfiller.delivery.sniff import HEAD_BYTES, classify, sniff
 
-MEDIA = Path(__file__).parent / "media"
+MEDIA = Path(__file__).resolve().parents[1] / "media"
 
 
 def documented_mimes() -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from fulfiller.signing import sign_outpost, sign_standard
+from fulfiller.intake.signing import sign_outpost, sign_standard
 
 
 def sample_event(upload_url: str, callback_url: str, *, code: str = "HRT-1212", aspect: str = "9x16",

@@ -11,7 +11,7 @@ import httpx
 from fulfiller.hosts import Target
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient
-from fulfiller.transfer import Refused, excerpt, transient_for
+from fulfiller.delivery.transfer import Refused, excerpt, transient_for
 
 
 def completion_body(storage_key: str, extension: str, content_hash: str, aspect: str | None) -> dict[str, object]:

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Iterator
 import pytest
 
 from fulfiller.retry import Transient
-from fulfiller.transfer import ChecksumMismatch, Refused, SizeMismatch, Uploader
+from fulfiller.delivery.transfer import ChecksumMismatch, Refused, SizeMismatch, Uploader
 from support.platform import PlatformDouble, run_platform
 
 DATA = random.Random(7).randbytes(3 * 1024 * 1024 + 123)

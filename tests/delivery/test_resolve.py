@@ -12,9 +12,9 @@ import pytest
 
 from fulfiller.config import load_config
 from fulfiller.events import Coordinates, SourceRequest
-from fulfiller.resolve import Catalogs, NotFound, find_master
+from fulfiller.delivery.resolve import Catalogs, NotFound, find_master
 
-MEDIA = Path(__file__).parent / "media"
+MEDIA = Path(__file__).resolve().parents[1] / "media"
 
 
 @pytest.fixture()

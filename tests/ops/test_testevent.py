@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from fulfiller.testevent import sample_event
+from fulfiller.ops.testevent import sample_event
 from support.fulfiller_proc import FulfillerProcess
 from support.platform import PlatformDouble, new_token, run_platform
 from support.servers import fulfiller_command
 
-MEDIA = Path(__file__).parent / "media"
+MEDIA = Path(__file__).resolve().parents[1] / "media"
 OUTPOST_SECRET = "outpost-secret-" + secrets.token_hex(8)
 STANDARD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 TIMEOUT_S = 30

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fulfiller.intake import plan
+from fulfiller.intake.admission import plan
 from fulfiller.store.sqlite import SQLiteStore
-from fulfiller.testevent import sample_event
+from fulfiller.ops.testevent import sample_event
 from support.odd_jobs import ODD_ROWS, job_row
 
 

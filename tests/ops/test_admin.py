@@ -25,7 +25,7 @@ from fulfiller import jobs
 from fulfiller.app import create_app
 from fulfiller.config import Config, parse_config
 from fulfiller.store import Store
-from fulfiller.testevent import sample_event, signed_headers
+from fulfiller.ops.testevent import sample_event, signed_headers
 from support.netguard import block_network
 from support.odd_jobs import ODD_ROWS, job_row
 
@@ -442,13 +442,13 @@ async def _wait_final(admin: Admin, job_id: str, timeout: float = 20) -> dict[st
 async def test_no_admin_answer_carries_a_credential(tmp_path: Path) -> None:
     from support.platform import new_token, run_platform, source_requested, storage_key
 
-    from fulfiller.worker import worker_service
+    from fulfiller.delivery.worker import worker_service
 
     config = config_for(tmp_path, worker={"poll_interval_s": 0.05, "retry_base_s": 0.05, "retry_max_s": 0.2,
                                           "http_timeout_s": 2})
     master = tmp_path / "masters" / "HRT-1" / "v1" / "en"
     master.mkdir(parents=True)
-    (master / "9x16.mp4").write_bytes((Path(__file__).parent / "media" / "9x16.mp4").read_bytes())
+    (master / "9x16.mp4").write_bytes((Path(__file__).resolve().parents[1] / "media" / "9x16.mp4").read_bytes())
     app = create_app(config, service=worker_service(config))
     with run_platform(tmp_path / "platform") as platform:
         tokens = {name: new_token() for name in ("ok", "refused", "bad_sig", "dead_host")}

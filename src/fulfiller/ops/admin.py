@@ -73,7 +73,7 @@ class AdminApi:
 
     async def console(self, request: Request) -> Response:
         # The page itself holds no data; it asks for the token and calls the API with it.
-        html = files("fulfiller").joinpath("static/admin.html").read_text()
+        html = files("fulfiller.ops").joinpath("static/admin.html").read_text()
         # frame-ancestors cannot be set from the page's own <meta> CSP: no framing (clickjacking of Rerun/Skip).
         return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                            "Content-Security-Policy": "frame-ancestors 'none'",

@@ -20,9 +20,9 @@ import time
 from starlette.types import Receive, Scope, Send
 
 from fulfiller.config import ReceiverConfig
-from fulfiller.intake import Delivery, NotAnObject, answer
+from fulfiller.intake.admission import Delivery, NotAnObject, answer
 from fulfiller.metrics import Metrics
-from fulfiller.signing import SignatureError, Verifier
+from fulfiller.intake.signing import SignatureError, Verifier
 from fulfiller.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("fulfiller.receiver")
