@@ -125,7 +125,7 @@ def test_rerun_requeues_a_failed_job(setup: tuple[Path, dict[str, str]]) -> None
 
 @pytest.mark.parametrize(("which", "code", "says"), [
     ("past", 2, "deadline (expiresAt) has passed"),
-    ("bad", 2, "payload is invalid"),
+    ("bad", 2, "an invalid payload cannot be rerun"),
     ("nope", 1, "no such job"),
 ])
 def test_rerun_refusals(setup: tuple[Path, dict[str, str]], which: str, code: int, says: str) -> None:

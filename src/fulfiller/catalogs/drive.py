@@ -37,7 +37,7 @@ from googleapiclient.http import HttpRequest
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
-from fulfiller.delivery.bulkhttp import BulkHttp, release
+from fulfiller.bulkhttp import BulkHttp, release
 from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
 from fulfiller.config import DriveCatalogConfig
 from fulfiller.media import rank

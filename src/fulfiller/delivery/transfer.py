@@ -23,7 +23,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import urllib3
 
-from fulfiller.delivery.bulkhttp import BulkHttp, release
+from fulfiller.bulkhttp import BulkHttp, release
 from fulfiller.hosts import Target
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient, parse_retry_after

@@ -14,23 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from fulfiller import jobs
-from fulfiller.store.base import (
-    ALREADY_CLOSED,
-    IS_RUNNING,
-    NOT_FOUND,
-    NOT_RERUNNABLE,
-    PAST_DEADLINE,
-    REQUEUED,
-    Store,
-)
-
-_REFUSALS = {
-    NOT_FOUND: (404, "no such job"),
-    IS_RUNNING: (409, "the job is running; wait for it to finish"),
-    PAST_DEADLINE: (409, "the job's deadline (expiresAt) has passed"),
-    NOT_RERUNNABLE: (409, "an invalid payload cannot be rerun; the platform must send a new event"),
-    ALREADY_CLOSED: (409, "only a queued or failed job can be skipped; this one's request is already answered"),
-}
+from fulfiller.store.base import NOT_FOUND, REFUSALS, REQUEUED, Store
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -117,6 +101,5 @@ class AdminApi:
         job_id = request.path_params["job_id"]
         outcome = await self.store.requeue(job_id, skip_reason)
         if outcome != REQUEUED:
-            status, message = _REFUSALS[outcome]
-            return JSONResponse({"error": message}, status)
+            return JSONResponse({"error": REFUSALS[outcome]}, 404 if outcome == NOT_FOUND else 409)
         return JSONResponse({"status": "queued", "id": job_id, "skip": skip_reason is not None}, 202)

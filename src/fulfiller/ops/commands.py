@@ -10,13 +10,8 @@ from typing import Any
 from fulfiller.config import Config
 from fulfiller.jobs import STATUSES
 from fulfiller.store import open_store
-from fulfiller.store.base import NOT_FOUND, REQUEUED
+from fulfiller.store.base import NOT_FOUND, REFUSALS, REQUEUED
 
-_REFUSED = {
-    "running": "it is running; wait for it to finish",
-    "expired": "its deadline (expiresAt) has passed; the platform falls back to manual upload",
-    "not_rerunnable": "its payload is invalid; the platform must send a new event",
-}
 # What a table cell shows escaped: a sender's newlines and terminal escapes.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -70,7 +65,7 @@ async def rerun(config: Config, job_id: str, out: Callable[[str], None]) -> int:
         out(f"{job_id}: re-queued")
         return 0
     if outcome == NOT_FOUND:
-        out(f"{job_id}: no such job")
+        out(f"{job_id}: {REFUSALS[NOT_FOUND]}")
         return 1
-    out(f"{job_id}: refused: {_REFUSED[outcome]}")
+    out(f"{job_id}: refused: {REFUSALS[outcome]}")
     return 2

@@ -45,6 +45,14 @@ IS_RUNNING = "running"
 PAST_DEADLINE = "expired"
 NOT_RERUNNABLE = "not_rerunnable"
 ALREADY_CLOSED = "already_closed"  # skip asked for a job whose wait token is already answered
+# Why a rerun or skip was refused, as operators read it in the admin API, the console and the CLI alike.
+REFUSALS = {
+    NOT_FOUND: "no such job",
+    IS_RUNNING: "the job is running; wait for it to finish",
+    PAST_DEADLINE: "the job's deadline (expiresAt) has passed; the platform falls back to manual upload",
+    NOT_RERUNNABLE: "an invalid payload cannot be rerun; the platform must send a new event",
+    ALREADY_CLOSED: "only a queued or failed job can be skipped; this one's request is already answered",
+}
 
 # A job whose worker went away while holding it (a crash, a lease it could not renew) this many
 # times ends ``failed`` instead of being claimed again: it may be what takes workers down.

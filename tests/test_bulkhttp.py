@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fulfiller.delivery.bulkhttp import BulkHttp, release
+from fulfiller.bulkhttp import BulkHttp, release
 
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
