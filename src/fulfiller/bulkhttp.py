@@ -1,10 +1,9 @@
 """urllib3 connection pools for moving masters: Drive downloads and uploads to pre-signed URLs.
 
 Bulk bytes go through urllib3 from worker threads, in whole chunks, rather than
-through the event loop's httpx client: measured on a 2-core machine, httpx's
-async stream costs ~3 CPU-s per GiB downloaded (64 KiB reads, each a trip
-through the loop) and ~0.5 per GiB uploaded, urllib3 ~0.3 and ~0.2. Small
-JSON requests (the callback) stay on httpx.
+through the event loop's httpx client: httpx's async stream costs several times
+the CPU per byte (its downloads come in 64 KiB reads, each a trip through the
+loop). Small JSON requests (the callback) stay on httpx.
 
 Like httpx and boto3, it honours ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``
 and ``NO_PROXY`` (read once, at start): containers often reach the internet

@@ -39,7 +39,7 @@ def new_job_id() -> str:
     """``job_`` and 32 hex digits: the time in milliseconds, then 80 random bits.
 
     Ids made later sort later, so each new job lands at the end of the id index: a
-    random id (uuid4) dirtied a random page of it on every insert, and every dirty
+    random id (uuid4) would dirty a random page of it on every insert, and every dirty
     page is written whole at each commit. The ids are not secrets (the admin token
     guards what they name), so the random part need not come from the OS.
     """

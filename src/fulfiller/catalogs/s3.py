@@ -61,8 +61,8 @@ class S3Catalog(Catalog):
             # Custom endpoints (MinIO, R2, on-prem) rarely have wildcard DNS for
             # bucket subdomains; all of them accept path-style requests.
             s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
-            # boto3 would otherwise check every download against the object's CRC, at ~0.5 CPU-s
-            # per GiB: a second pass over bytes that TLS already protects in transit and that the
+            # boto3 would otherwise check every download against the object's CRC: a second pass,
+            # costing CPU on every byte, over bytes that TLS already protects in transit and that the
             # upload hashes anyway (the contentHash the platform gets is of the bytes it receives).
             response_checksum_validation="when_required",
         )

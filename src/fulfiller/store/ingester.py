@@ -245,8 +245,8 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
     """Admit and commit the deliveries read from ``inbox_fd``, answering on ``outbox_fd``, until EOF.
 
     Whatever has arrived when a commit ends is admitted and committed as the next batch.
-    (Admitting the next batch on a second thread while one commits measured no faster:
-    the two threads then take turns on this process's interpreter lock.)
+    Admission and commits share one thread: a second thread admitting the next batch while
+    one commits would only take turns with it on this process's interpreter lock.
     """
     from fulfiller.store.sqlite import SQLiteStore
 

@@ -8,7 +8,7 @@ Reads use their own connections and never wait behind a commit.
 
 The writer thread takes the interpreter lock (GIL) back after every statement,
 and while the event loop is busy each take can wait a whole switch interval
-(5 ms): a batch of new events is therefore stored with a few multi-row
+(``sys.getswitchinterval()``): a batch of new events is therefore stored with a few multi-row
 statements, not a few statements per event.
 """
 
@@ -62,7 +62,7 @@ JOB_COLUMNS = (
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # What a new job carries (intake.new_job sets no other field): the other columns start as the table's
-# defaults, which are the Job's. Each NULL bound costs as much as a short string, and most were NULLs.
+# defaults, which are the Job's. Each NULL bound costs as much as a short string, and most would be NULL.
 NEW_JOB_COLUMNS = (
     "id", "event_id", "status", "request_kind", "payload", "storage_key", "project_id", "code", "variation",
     "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "error", "callback_key",
@@ -813,8 +813,8 @@ def _rows_sql(head: str, width: int, rows: int) -> str:
 def _event_body(ev: IncomingEvent) -> str:
     """What the event's row keeps of its body: nothing ('') when its job keeps the same text as its payload.
 
-    A request's body is most of what each delivery writes; stored twice, it was a third
-    more bytes through every commit's WAL write and fsync.
+    A request's body is most of what each delivery writes; stored twice, it would add
+    to every commit's WAL write and fsync.
     """
     return "" if ev.job is not None else ev.body
 

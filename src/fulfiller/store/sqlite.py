@@ -5,8 +5,9 @@ the event loop's interpreter lock; every other write goes through the writer thr
 
 Checkpoints (copying the WAL back into the database file, and its fsync) run in
 a thread of their own: left to SQLite, every thousandth page written makes one
-commit do it, and the writes waiting on that commit wait 50-200 ms. The thread
-also starts the WAL over once it is long (see ``SQLiteStore._checkpoint``).
+commit do it, and every write waiting on that commit waits for the copy and its
+sync. The thread also starts the WAL over once it is long (see
+``SQLiteStore._checkpoint``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class SQLiteStore(SqlStore):
     checkpoint_every_s = 0.2  # about SQLite's own cadence (1000 pages) at full intake
     # The writer's own checkpoints only bound the WAL should the checkpoint thread fall far behind.
     fallback_checkpoint_pages = 20_000
-    restart_wal_frames = 4096  # 16 MiB of 4 KiB pages: about a third of a second at full intake
+    restart_wal_frames = 4096  # 16 MiB of 4 KiB pages: RESTART seldom, and before the WAL grows long
     restart_catch_up_passes = 2
     restart_wait_ms = 10
 
@@ -78,7 +79,7 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         # A batch's multi-row inserts keep a statement journal; past 64 KiB it would spill to a temporary
-        # file, created, written and deleted at every commit (a fifth of the ingest process's writes).
+        # file, created, written and deleted at every commit. In memory it costs no I/O at all.
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute(f"PRAGMA wal_autocheckpoint = {self.fallback_checkpoint_pages}")
         return conn
@@ -136,24 +137,15 @@ class SQLiteStore(SqlStore):
         """Copy committed WAL pages into the database file; once the WAL is ``restart_wal_frames`` long,
         also make the next commit write it from the start again. True when it did.
 
-        PASSIVE copies beside the writers and waits on nobody. But a commit writes the WAL
-        from its start only if every frame had been copied when its transaction began, and under
-        steady intake some commit always began while the copy ran: the WAL grew to the writer's
-        fallback, and the commit that ran that checkpoint held its batch's acks 20-30 ms, every
-        second and a half. RESTART keeps new commits out while it copies what PASSIVE left and
-        syncs the database file, so every delivery in flight waits that long. Two things keep it short:
-
-        - Before it, PASSIVE runs ``restart_catch_up_passes`` more times: each copies what landed
-          during the pass before, a shorter pass each time, and RESTART copies only what landed
-          during the last.
-        - SQLite syncs the database file only after a pass that copied the whole WAL, which under
-          intake none does: RESTART's sync would write out every page the passes copied. The
-          checkpointer syncs ``database_fd`` itself after each pass, beside the writers.
-
-        With a publisher's random event ids a commit dirties pages all over the indexes, and RESTART
-        after a single pass held commits off 10-20 ms, four times a second, longer as the database grew.
-        RESTART holds the write lock while it waits for the writer and readers, so it waits at
-        most ``restart_wait_ms`` (its connection's busy timeout), then tries next time.
+        PASSIVE copies beside the writers. A commit starts the WAL over only if every frame was
+        copied when its transaction began, and under steady intake some commit always begins while
+        PASSIVE runs: the WAL grows until a commit runs the writer's fallback checkpoint, holding
+        its batch's acks. RESTART starts the WAL over, and keeps new commits out while it copies
+        what PASSIVE left and syncs the database file. To keep that short, PASSIVE first runs
+        ``restart_catch_up_passes`` more times (each copies what landed during the one before),
+        and ``database_fd`` is synced here after each pass, beside the writers, so RESTART's own
+        sync has little left to write. RESTART waits at most ``restart_wait_ms`` for the writer
+        and readers, then tries next time.
         """
         _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if frames < self.restart_wal_frames:
