@@ -13,10 +13,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from fulfiller.ops.admin import AdminApi
 from fulfiller.config import Config
-from fulfiller.metrics import Metrics
 from fulfiller.intake.receiver import Receiver
+from fulfiller.metrics import Metrics
+from fulfiller.ops.admin import AdminApi
 from fulfiller.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger("fulfiller.app")

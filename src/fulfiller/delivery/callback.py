@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import httpx
 
+from fulfiller.delivery.transfer import Refused, excerpt, transient_for
 from fulfiller.hosts import Target
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient
-from fulfiller.delivery.transfer import Refused, excerpt, transient_for
 
 
 def completion_body(storage_key: str, extension: str, content_hash: str, aspect: str | None) -> dict[str, object]:

@@ -16,18 +16,18 @@ from typing import Any, TypeVar
 import httpx
 
 from fulfiller import jobs
-from fulfiller.delivery.callback import callback_target, completion_body, post_callback, skip_body
 from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
 from fulfiller.config import Config
+from fulfiller.delivery.callback import callback_target, completion_body, post_callback, skip_body
+from fulfiller.delivery.resolve import Catalogs, Found, find_master
+from fulfiller.delivery.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, Uploader, upload_target
 from fulfiller.events import InvalidPayload, SourceRequest, parse_source_request
 from fulfiller.hosts import HostNotAllowed, Target, UnsafeUrl, check_url
 from fulfiller.jobs import Attempt, Job, internal_error
 from fulfiller.metrics import Metrics
 from fulfiller.redact import redact_text
-from fulfiller.delivery.resolve import Catalogs, Found, find_master
 from fulfiller.retry import Transient, with_retries
 from fulfiller.store.base import Store, StoreUnavailable
-from fulfiller.delivery.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, Uploader, upload_target
 
 log = logging.getLogger("fulfiller.engine")
 T = TypeVar("T")

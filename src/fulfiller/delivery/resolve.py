@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from fulfiller.catalogs.base import Catalog, Master, Opened
 from fulfiller.catalogs.registry import build_catalog
 from fulfiller.config import Config
-from fulfiller.events import Coordinates, SourceRequest
 from fulfiller.delivery.routing import aspect_order, no_match_reason, route_for
 from fulfiller.delivery.sniff import HEAD_BYTES, classify, sniff
+from fulfiller.events import Coordinates, SourceRequest
 
 
 @dataclass(frozen=True)

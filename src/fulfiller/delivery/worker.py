@@ -26,12 +26,12 @@ import httpx
 from fulfiller import jobs
 from fulfiller.config import Config
 from fulfiller.delivery.engine import Engine
+from fulfiller.delivery.resolve import Catalogs
+from fulfiller.delivery.transfer import Uploader
 from fulfiller.jobs import Job, internal_error
 from fulfiller.metrics import Metrics
-from fulfiller.delivery.resolve import Catalogs
 from fulfiller.store import Store, StoreUnavailable, open_store
 from fulfiller.store.base import UnreadableJob
-from fulfiller.delivery.transfer import Uploader
 
 log = logging.getLogger("fulfiller.worker")
 

@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from fulfiller.config import ReceiverConfig
 from fulfiller.intake.admission import Delivery, NotAnObject, answer
-from fulfiller.metrics import Metrics
 from fulfiller.intake.signing import SignatureError, Verifier
+from fulfiller.metrics import Metrics
 from fulfiller.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("fulfiller.receiver")

@@ -29,9 +29,9 @@ from starlette.routing import Route
 
 from fulfiller.app import create_app
 from fulfiller.config import parse_config
+from fulfiller.delivery.worker import worker_service
 from fulfiller.jobs import FINAL
 from fulfiller.ops.testevent import sample_event, signed_headers
-from fulfiller.delivery.worker import worker_service
 
 # (file in the package's samples, where the demo catalog keeps it)
 SAMPLES = [
