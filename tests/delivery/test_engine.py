@@ -1,0 +1,492 @@
+"""``Engine.run`` in-process: every status and retry path, in milliseconds per case.
+
+The end-to-end suites (``test_engine_e2e``, ``test_engine_faults``) drive a whole
+``fulfiller serve``; these drive ``Engine`` directly with a real SQLite store and
+fakes for its peers: a catalog serving sample media from memory, an uploader that
+answers what each case scripts, and the callback peer as an ``httpx.MockTransport``.
+
+The fake catalog reaches the engine through a ``Catalogs`` subclass whose ``get``
+returns it: ``Catalogs`` itself only builds catalogs from the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fulfiller import jobs
+from fulfiller.catalogs.base import Catalog, Master
+from fulfiller.config import Config, parse_config
+from fulfiller.delivery.engine import Engine
+from fulfiller.delivery.resolve import Catalogs
+from fulfiller.delivery.transfer import Delivered, Refused, SizeMismatch
+from fulfiller.jobs import Job
+from fulfiller.metrics import Metrics
+from fulfiller.retry import Transient
+from fulfiller.store import Store, open_store
+from store.builders import ingest_job
+
+MEDIA = Path(__file__).resolve().parents[1] / "media"
+MP4 = (MEDIA / "9x16.mp4").read_bytes()
+MP4_4X5 = (MEDIA / "4x5.mp4").read_bytes()
+CATALOG = "mem"
+OWNER = "test-worker"
+# A guard against a hang, not a speed goal: each case is in-process with millisecond backoff.
+CASE_TIMEOUT_S = 30.0
+
+
+# -- fakes ---------------------------------------------------------------------------------------
+
+
+class MemoryCatalog(Catalog):
+    """Masters held in memory, keyed by their path (``HRT-1/v2/en/9x16.mp4``)."""
+
+    def __init__(self, name: str, layout: str, files: dict[str, bytes]):
+        super().__init__(name, layout)
+        self.files = files
+        self.asked: list[str] = []  # every folder/stem looked up
+        self.streams = 0  # streams opened
+
+    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
+        path = "/".join([*folders, stem])
+        self.asked.append(path)
+        return [
+            Master(self.name, key, key.rsplit("/", 1)[-1], len(data), ref=key)
+            for key, data in sorted(self.files.items())
+            if key.rsplit(".", 1)[0] == path
+        ]
+
+    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+        self.streams += 1
+        data = self.files[master.ref]
+        for offset in range(start, len(data), chunk_size):
+            yield data[offset:offset + chunk_size]
+
+    async def read_range(self, master: Master, start: int, length: int) -> bytes:
+        return self.files[master.ref][start:start + length]
+
+
+class OneCatalog(Catalogs):
+    """Catalogs that hands out the fake for the configured name instead of building one."""
+
+    def __init__(self, config: Config, catalog: Catalog):
+        super().__init__(config)
+        self.catalog = catalog
+
+    def get(self, name: str) -> Catalog:
+        assert name == self.catalog.name
+        return self.catalog
+
+
+@dataclass
+class Put:
+    url: str
+    size: int
+    content_type: str
+    expected_sha256: str | None
+    body: bytes = b""
+
+
+@dataclass
+class FakeUploader:
+    """Answers each ``put`` with the next scripted outcome: "ok", or an exception to raise after reading the body."""
+
+    script: list[str | BaseException] = field(default_factory=lambda: ["ok"])
+    puts: list[Put] = field(default_factory=list)
+
+    async def put(self, url: str, chunks: AsyncGenerator[bytes, None], size: int, content_type: str,
+                  expected_sha256: str | None = None) -> Delivered:
+        put = Put(url, size, content_type, expected_sha256)
+        self.puts.append(put)
+        outcome = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        try:
+            async for chunk in chunks:
+                put.body += chunk
+        finally:
+            await chunks.aclose()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return Delivered(len(put.body), hashlib.sha256(put.body).hexdigest(), 200)
+
+
+@dataclass
+class FakeCallbackPeer:
+    """The platform's callback endpoint: answers the scripted statuses in turn (the last one repeats)."""
+
+    script: list[int] = field(default_factory=lambda: [200])
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((str(request.url), json.loads(request.content)))
+        status = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return httpx.Response(status, text="" if status < 400 else f"scripted {status} for this token")
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return [body for _, body in self.requests]
+
+
+# -- harness -------------------------------------------------------------------------------------
+
+
+def make_config(tmp_path: Path) -> Config:
+    return parse_config(json.dumps({
+        "state": f"sqlite:///{tmp_path / 'state.db'}",
+        "receiver": {"secrets": ["whsec_engine-tests-secret-0123456789"]},
+        "worker": {
+            "allowed_upload_hosts": ["*.r2.cloudflarestorage.com"],
+            "allowed_callback_hosts": ["api.trigger.dev"],
+            "retry_base_s": 0.001,
+            "retry_max_s": 0.005,
+            "chunk_bytes": 65_536,
+        },
+        # Only its name and layout matter: the engine gets the in-memory catalog under this name.
+        "catalogs": {CATALOG: {"type": "local", "root": str(tmp_path / "unused")}},
+        "routes": [{"codes": ["HRT-*"], "catalog": CATALOG}],
+    }))
+
+
+@dataclass
+class Harness:
+    config: Config
+    store: Store
+    catalog: MemoryCatalog
+    uploader: FakeUploader
+    peer: FakeCallbackPeer
+    engine: Engine
+
+    async def job(self, **kwargs: Any) -> Job:
+        """Ingest a request (``store.builders.request_body`` arguments) and claim it as the worker would."""
+        queued = await ingest_job(self.store, f"msg_{time.perf_counter_ns()}", **kwargs)
+        claimed = await self.store.claim(OWNER, 60.0)
+        assert claimed is not None and claimed.id == queued.id
+        return claimed
+
+    async def run(self, job: Job) -> tuple[str, Job]:
+        """Run ``job`` to its end; the status ``run`` returned and the job as stored."""
+        status = await asyncio.wait_for(self.engine.run(job, OWNER), CASE_TIMEOUT_S)
+        stored = await self.store.get_job(job.id)
+        assert stored is not None
+        return status, stored
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    config = make_config(tmp_path)
+    store = open_store(config.state)
+    await store.open()
+    catalog = MemoryCatalog(CATALOG, config.catalogs[CATALOG].layout, {"HRT-1/v2/en/9x16.mp4": MP4})
+    uploader = FakeUploader()
+    peer = FakeCallbackPeer()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(peer)) as client:
+        engine = Engine(config, store, Metrics(), OneCatalog(config, catalog), client, uploader)
+        yield Harness(config, store, catalog, uploader, peer, engine)
+    await store.close()
+
+
+def steps(job: Job, step: str | None = None) -> list[tuple[str, int | None]]:
+    return [(a.step, a.http_status) for a in job.attempts if step is None or a.step == step]
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def assert_nothing_sent(h: Harness) -> None:
+    assert h.uploader.puts == []
+    assert h.peer.requests == []
+
+
+# -- completed -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", [200, 202])
+async def test_oss_completes_with_the_hash_of_the_bytes(h: Harness, answer: int) -> None:
+    h.peer.script = [answer]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.COMPLETED
+    assert stored.status == jobs.COMPLETED
+    assert stored.error is None and stored.skip_reason is None
+    assert stored.content_hash == sha256_of(MP4)
+    assert stored.bytes == len(MP4)
+    assert stored.chosen_aspect == "9x16"
+    assert stored.extension == "mp4" and stored.content_type == "video/mp4"
+    assert stored.source == f"{CATALOG}:HRT-1/v2/en/9x16.mp4"
+    assert steps(stored) == [("resolve", None), ("upload", 200), ("callback", answer)]
+    # The uploader got the whole master, sized and typed, at the request's URL.
+    [put] = h.uploader.puts
+    assert put.body == MP4 and put.size == len(MP4) and put.content_type == "video/mp4"
+    assert put.url == job.payload["fulfillment"]["uploadUrl"]
+    # One callback, to the request's wait token, with the positive ack (OSS: no aspectRatio).
+    [(url, body)] = h.peer.requests
+    assert url == job.payload["fulfillment"]["completeCallbackUrl"]
+    assert body == {"storageKey": job.storage_key, "extension": "mp4", "contentHash": sha256_of(MP4)}
+
+
+async def test_afs_completes_with_the_aspect_delivered(h: Harness) -> None:
+    # Feed prefers 4x5, then 1x1, then 3x4: the catalog has 1x1 and 4x5, so 4x5 goes.
+    h.catalog.files = {"HRT-1/v2/en/4x5.mp4": MP4_4X5, "HRT-1/v2/en/1x1.mp4": (MEDIA / "1x1.mp4").read_bytes()}
+    job = await h.job(code="HRT-1", aspect=None, family="feed")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.COMPLETED and stored.status == jobs.COMPLETED
+    assert stored.chosen_aspect == "4x5"
+    assert stored.content_hash == sha256_of(MP4_4X5)
+    assert h.uploader.puts[0].body == MP4_4X5
+    assert h.peer.bodies == [{"storageKey": job.storage_key, "aspectRatio": "4x5", "extension": "mp4",
+                              "contentHash": sha256_of(MP4_4X5)}]
+
+
+# -- skips ---------------------------------------------------------------------------------------
+
+
+async def test_no_route_is_a_skip(h: Harness) -> None:
+    job = await h.job(code="ZZZ-1", aspect="9x16")  # routes cover HRT-* only
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.SKIPPED and stored.status == jobs.SKIPPED
+    assert stored.skip_reason == "no_route" and stored.error is None
+    assert stored.content_hash is None
+    assert steps(stored) == [("resolve", None), ("callback", 200)]
+    assert h.catalog.asked == []  # never looked
+    assert h.uploader.puts == []
+    assert h.peer.bodies == [{"skip": True, "reason": "no_route"}]
+
+
+async def test_nothing_in_the_catalog_is_a_no_match_skip(h: Harness) -> None:
+    h.catalog.files = {}
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.SKIPPED and stored.status == jobs.SKIPPED
+    assert stored.skip_reason == "no_match:aspect=9x16" and stored.error is None
+    assert steps(stored) == [("resolve", None), ("callback", 200)]
+    assert h.catalog.asked == ["HRT-1/v2/en/9x16"]
+    assert h.uploader.puts == []
+    assert h.peer.bodies == [{"skip": True, "reason": "no_match:aspect=9x16"}]
+
+
+async def test_a_master_of_the_wrong_kind_is_passed_over(h: Harness) -> None:
+    h.catalog.files = {"HRT-1/v2/en/9x16.mp4": (MEDIA / "9x16.jpg").read_bytes()}  # an image saved as .mp4
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.SKIPPED and stored.skip_reason == "no_match:aspect=9x16"
+    assert "image/jpeg, not a video: passed over" in (stored.attempts[0].detail or "")
+    assert h.uploader.puts == []
+    assert h.peer.bodies == [{"skip": True, "reason": "no_match:aspect=9x16"}]
+
+
+async def test_an_operator_skip_sends_the_skip_body_and_nothing_else(h: Harness) -> None:
+    queued = await ingest_job(h.store, "msg_skip", code="HRT-1", aspect="9x16")
+    assert await h.store.requeue(queued.id, skip_reason="manual:operator") == "queued"
+    job = await h.store.claim(OWNER, 60.0)
+    assert job is not None and job.skip_requested == "manual:operator"
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.SKIPPED and stored.status == jobs.SKIPPED
+    assert stored.skip_reason == "manual:operator" and stored.error is None
+    assert steps(stored) == [("callback", 200)]  # no resolve, no upload
+    assert h.catalog.asked == [] and h.uploader.puts == []
+    assert h.peer.bodies == [{"skip": True, "reason": "manual:operator"}]
+
+
+# -- the callback's final answers ----------------------------------------------------------------
+
+
+async def test_callback_409_is_superseded(h: Harness) -> None:
+    h.peer.script = [409]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.SUPERSEDED and stored.status == jobs.SUPERSEDED
+    assert "409" in (stored.error or "") and "completed elsewhere" in (stored.error or "")
+    assert stored.content_hash == sha256_of(MP4)  # the bytes went; the token was answered by someone else
+    assert steps(stored) == [("resolve", None), ("upload", 200), ("callback", 409)]
+    assert len(h.uploader.puts) == 1 and len(h.peer.requests) == 1
+
+
+async def test_skip_callback_409_is_superseded_and_keeps_the_skip_reason(h: Harness) -> None:
+    h.catalog.files = {}
+    h.peer.script = [409]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.SUPERSEDED and stored.status == jobs.SUPERSEDED
+    assert stored.skip_reason == "no_match:aspect=9x16"
+    assert h.peer.bodies == [{"skip": True, "reason": "no_match:aspect=9x16"}]
+
+
+async def test_callback_410_is_expired(h: Harness) -> None:
+    h.peer.script = [410]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.EXPIRED and stored.status == jobs.EXPIRED
+    assert stored.error == "callback answered 410: the request expired"
+    assert steps(stored, "callback") == [("callback", 410)]
+    assert len(h.peer.requests) == 1
+
+
+async def test_callback_400_fails_keeping_the_answer(h: Harness) -> None:
+    h.peer.script = [400]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert stored.error == "callback answered 400: scripted 400 for this token"
+    assert steps(stored, "callback") == [("callback", 400)]
+    assert stored.attempts[-1].error == stored.error
+    assert len(h.peer.requests) == 1  # a 400 is not retried
+
+
+async def test_callback_500_then_200_completes_after_two_tries(h: Harness) -> None:
+    h.peer.script = [500, 200]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.COMPLETED and stored.status == jobs.COMPLETED
+    assert stored.error is None
+    assert steps(stored, "callback") == [("callback", 500), ("callback", 200)]
+    assert stored.attempts[-2].error == "callback answered 500"
+    # Both tries carry the same body; the bytes were uploaded once.
+    assert len(h.peer.requests) == 2 and h.peer.bodies[0] == h.peer.bodies[1]
+    assert len(h.uploader.puts) == 1
+    assert h.engine.metrics.registry.get_sample_value("fulfiller_retries_total", {"step": "callback"}) == 1
+
+
+# -- the upload's answers ------------------------------------------------------------------------
+
+
+async def test_upload_403_fails_without_a_callback(h: Harness) -> None:
+    h.uploader.script = [Refused("upload", 403, "SignatureDoesNotMatch")]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert stored.error == "upload answered 403: SignatureDoesNotMatch (pre-signed URL expired or invalid)"
+    assert stored.content_hash is None
+    assert steps(stored) == [("resolve", None), ("upload", 403)]
+    assert len(h.uploader.puts) == 1  # not retried
+    assert h.peer.requests == []
+
+
+async def test_upload_transient_then_success_completes_after_two_tries(h: Harness) -> None:
+    h.uploader.script = [Transient("upload answered 503", http_status=503), "ok"]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.COMPLETED and stored.status == jobs.COMPLETED
+    assert steps(stored, "upload") == [("upload", 503), ("upload", 200)]
+    assert stored.content_hash == sha256_of(MP4)
+    # Each try streamed the master from its first byte: the retry opened a stream of its own.
+    assert [p.body for p in h.uploader.puts] == [MP4, MP4]
+    assert h.catalog.streams == 2
+    assert len(h.peer.requests) == 1
+
+
+async def test_upload_size_mismatch_fails_as_master_unreadable(h: Harness) -> None:
+    h.uploader.script = [SizeMismatch("catalog gave 10 bytes more than its size")]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert stored.error == "master unreadable: catalog gave 10 bytes more than its size"
+    assert steps(stored) == [("resolve", None), ("upload", None)]
+    assert h.peer.requests == []
+
+
+async def test_an_unexpected_uploader_exception_fails_as_internal_error(h: Harness) -> None:
+    h.uploader.script = [RuntimeError("boom")]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert stored.error == "internal error: RuntimeError: boom"
+    assert steps(stored) == [("resolve", None), ("upload", None)]
+    assert stored.attempts[-1].error == "RuntimeError: boom"
+    assert h.peer.requests == []
+
+
+# -- ended before anything is sent ---------------------------------------------------------------
+
+
+async def test_a_deadline_already_passed_expires_the_job_with_nothing_sent(h: Harness) -> None:
+    job = await h.job(code="HRT-1", aspect="9x16")
+    job = dataclasses.replace(job, expires_at=time.time() - 1)  # the hour ran out while it was queued
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.EXPIRED and stored.status == jobs.EXPIRED
+    assert stored.error == "deadline (expiresAt) passed before work started"
+    assert stored.attempts == []
+    assert h.catalog.asked == []
+    assert_nothing_sent(h)
+
+
+async def test_an_invalid_payload_ends_invalid_with_nothing_sent(h: Harness) -> None:
+    job = await h.job(code="HRT-1", aspect="9x16")
+    payload = json.loads(json.dumps(job.payload))
+    del payload["fulfillment"]["uploadUrl"]
+    job = dataclasses.replace(job, payload=payload)
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.INVALID and stored.status == jobs.INVALID
+    assert (stored.error or "").startswith("invalid payload: ")
+    assert "uploadUrl" in (stored.error or "")
+    assert stored.attempts == []
+    assert_nothing_sent(h)
+
+
+async def test_an_upload_host_outside_the_allow_list_fails_and_the_uploader_is_never_called(h: Harness) -> None:
+    job = await h.job(code="HRT-1", aspect="9x16")
+    payload = json.loads(json.dumps(job.payload))
+    payload["fulfillment"]["uploadUrl"] = "https://evil.example.com/put?X-Amz-Signature=abc"
+    job = dataclasses.replace(job, payload=payload)
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert stored.error == "upload host evil.example.com:443 is not in the allow-list"
+    assert steps(stored) == [("resolve", None)]  # resolved, then refused before any byte left
+    assert_nothing_sent(h)
+
+
+async def test_a_callback_host_outside_the_allow_list_fails_with_nothing_sent(h: Harness) -> None:
+    job = await h.job(code="HRT-1", aspect="9x16", callback="https://evil.example.com/complete")
+
+    status, stored = await h.run(job)
+
+    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert "callback host evil.example.com" in (stored.error or "")
+    assert stored.attempts == []
+    assert h.catalog.asked == []
+    assert_nothing_sent(h)
