@@ -15,7 +15,7 @@ import pytest
 
 from fulfiller.intake.admission import Delivery, NotAnObject
 from fulfiller.store import StoreUnavailable
-from fulfiller.store.ingester import Frames, frame, from_wire, to_wire
+from fulfiller.store.ingest_wire import Frames, frame, from_wire, to_wire
 from fulfiller.store.sqlite import SQLiteStore
 from store.builders import REQUESTED, request_body
 

@@ -136,7 +136,7 @@ def wal(tmp_path: Path) -> Iterator[_Wal]:
 
 
 def _commit(store: SQLiteStore, writer: sqlite3.Connection) -> None:
-    _, results = store._commit(writer, _batch(store))
+    _, results = store.commit_batch(writer, _batch(store))
     assert results == [True] * 8
 
 

@@ -10,14 +10,12 @@ delivery's Python work after the HTTP server's own.
 
 The contract does not change: a delivery is acked only after the child says the
 commit holding it is done. The child commits whatever has arrived as one batch
-(the same group commit the writer thread does, ``SqlStore._commit``), so while
+(the same group commit the writer thread does, ``SqlStore.commit_batch``), so while
 one commit waits on fsync the next batch queues in the pipe.
 
-Wire: each message is a 4-byte little-endian length and a pickle. The parent sends
-``(seq, event_id, topic, body, received_at)``; the child answers a list of
-``(seq, verdict)``: True (stored), False (a duplicate), or ``(refusal, text)``
-where the refusal is ``BAD_BODY`` (not a JSON object) or ``UNAVAILABLE`` (the
-store could not commit it).
+This module is the child (``python -m fulfiller.store.ingester``); the server's side,
+which starts it and talks to it, is ``ingest_client.IngestProcess``, and the messages
+both sides exchange are ``ingest_wire``'s.
 
 The child also writes the log line of each delivery it took (``intake.log_taken``),
 after its answers, so that formatting them costs the event loop nothing; it logs
@@ -31,208 +29,21 @@ stdin closes: when the parent closes it, or dies.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import pickle
 import signal
-import struct
-import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 from fulfiller.intake.admission import Delivery, NotAnObject, admit, log_taken
 from fulfiller.logs import setup_logging
-from fulfiller.store.base import StoreUnavailable
+from fulfiller.store.ingest_wire import BAD_BODY, UNAVAILABLE, Frames, frame, from_wire
 from fulfiller.store.sql import Ingest, SqlStore
+from fulfiller.store.sqlite import SQLiteStore
 
 log = logging.getLogger("fulfiller.store.ingester")
 
-_LENGTH = struct.Struct("<I")
 _READ_SIZE = 1 << 16  # a pipe's capacity; a larger buffer is allocated with mmap on every read
-BAD_BODY = "bad_body"
-UNAVAILABLE = "unavailable"
-
-
-def frame(message: Any) -> bytes:
-    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
-
-
-class Frames:
-    """Messages out of a byte stream that arrives in arbitrary pieces."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        buffer = self._buffer
-        buffer += data
-        messages = []
-        start = 0
-        while len(buffer) - start >= _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(buffer, start)
-            end = start + _LENGTH.size + size
-            if end > len(buffer):
-                break
-            messages.append(pickle.loads(memoryview(buffer)[start + _LENGTH.size:end]))
-            start = end
-        del buffer[:start]
-        return messages
-
-
-def to_wire(seq: int, delivery: Delivery) -> tuple[Any, ...]:
-    return (seq, delivery.event_id, delivery.topic, delivery.body, delivery.received_at)
-
-
-def from_wire(message: tuple[Any, ...]) -> tuple[int, Delivery]:
-    seq, *fields = message
-    return seq, Delivery(*fields)
-
-
-class _Verdicts(asyncio.Protocol):
-    """The child's stdout: verdicts for the parent, then EOF when the child ends."""
-
-    def __init__(self, owner: IngestProcess, generation: int) -> None:
-        self._owner = owner
-        self._generation = generation
-        self._frames = Frames()
-
-    def data_received(self, data: bytes) -> None:
-        for verdicts in self._frames.feed(data):
-            self._owner._settle(verdicts)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._owner._lost(self._generation)
-
-
-class IngestProcess:
-    """The parent's side: starts the child on first use, sends it deliveries, and answers each caller.
-
-    It serves the event loop it was first used on (the server's); if the child dies,
-    the writes it held fail with StoreUnavailable (the sender retries them) and the
-    next ingest starts a new one, at most once per ``restart_after_s``.
-    """
-
-    restart_after_s = 1.0
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stdin: asyncio.WriteTransport | None = None
-        self._generation = 0
-        self._started_at = 0.0
-        self._seq = 0
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._starting: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def accept(self, delivery: Delivery) -> bool:
-        """True when the child committed the delivery, False for a duplicate id; NotAnObject or
-        StoreUnavailable when it refused it."""
-        await self.ensure_running()
-        if self._stdin is None or self.loop is None:  # it started, and ended before this caller resumed
-            raise StoreUnavailable("ingest process exited")
-        self._seq += 1
-        seq = self._seq
-        fut = self.loop.create_future()
-        self._waiting[seq] = fut
-        self._stdin.write(frame(to_wire(seq, delivery)))  # at once: the child starts on it while the loop goes on
-        verdict = await fut
-        if isinstance(verdict, bool):
-            return verdict
-        refusal, text = verdict
-        raise NotAnObject(text) if refusal == BAD_BODY else StoreUnavailable(text)
-
-    async def ensure_running(self) -> None:
-        """Start the child if it is not running (raise StoreUnavailable while it may not be restarted yet)."""
-        if self._stdin is not None:
-            return
-        if self._closed:
-            raise StoreUnavailable("store is closed")
-        if self._starting is None:  # callers that arrive while it starts wait for the same start
-            if self._generation and time.monotonic() - self._started_at < self.restart_after_s:
-                raise StoreUnavailable("ingest process exited; restarting")
-            self.loop = asyncio.get_running_loop()
-            self._starting = self.loop.create_task(self._start())
-            self._starting.add_done_callback(self._started)
-        await asyncio.shield(self._starting)
-
-    async def _start(self) -> None:
-        assert self.loop is not None
-        self._generation += 1
-        self._started_at = time.monotonic()
-        generation = self._generation
-        self._proc = None
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, self.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                env=_child_env(),
-            )
-            assert self._proc.stdin is not None and self._proc.stdout is not None
-            await self.loop.connect_read_pipe(lambda: _Verdicts(self, generation), self._proc.stdout)
-            self._stdin, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self._proc.stdin)
-        except OSError as exc:
-            self._stop_child()
-            if self._proc is not None and self._proc.poll() is None:  # started, but cannot be talked to
-                self._proc.kill()
-            raise StoreUnavailable(f"cannot start the ingest process: {exc}") from exc
-
-    def _started(self, task: asyncio.Task[None]) -> None:
-        self._starting = None
-        if not task.cancelled():
-            task.exception()  # its awaiters have it; retrieved here so an unawaited failure is not reported
-
-    def _settle(self, verdicts: list[tuple[int, Any]]) -> None:
-        for seq, verdict in verdicts:
-            fut = self._waiting.pop(seq, None)
-            if fut is not None and not fut.done():
-                fut.set_result(verdict)
-
-    def _lost(self, generation: int) -> None:
-        """The child's stdout closed: it ended. What it had not answered was not acked, so fails retryably."""
-        if generation != self._generation:
-            return
-        code = self._proc.poll() if self._proc is not None else None
-        if not self._closed:
-            log.error("ingest process exited (code %s); in-flight deliveries answered 503", code)
-        self._stop_child()
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_result((UNAVAILABLE, "ingest process exited"))
-        self._waiting.clear()
-
-    def _stop_child(self) -> None:
-        if self._stdin is not None:
-            self._stdin.close()
-            self._stdin = None
-
-    async def close(self) -> None:
-        """Close the child's stdin and wait for it to answer what it holds and exit."""
-        self._closed = True
-        proc = self._proc
-        if proc is None:
-            return
-        self._stop_child()
-        try:
-            await asyncio.to_thread(proc.wait, 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-        self._proc = None
-
-
-def _child_env() -> dict[str, str]:
-    """The parent's environment, with this copy of the package first on the child's path."""
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-
-
-# --- the child ---------------------------------------------------------------------------------------
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -248,8 +59,6 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
     Admission and commits share one thread: a second thread admitting the next batch while
     one commits would only take turns with it on this process's interpreter lock.
     """
-    from fulfiller.store.sqlite import SQLiteStore
-
     store = SQLiteStore(url)
     frames = Frames()
     conn = None
@@ -261,7 +70,7 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
             taken: list[tuple[Ingest, bool]] = []
             for start in range(0, len(ingests), store.max_batch):
                 chunk = ingests[start:start + store.max_batch]
-                conn, results = store._commit(conn, [ingest for _, ingest in chunk])
+                conn, results = store.commit_batch(conn, [ingest for _, ingest in chunk])
                 for (seq, ingest), result in zip(chunk, results):
                     if isinstance(result, bool):
                         taken.append((ingest, result))

@@ -317,7 +317,7 @@ class SqlStore(Store):
                     stopping = True
                     break
                 batch.append(nxt)
-            conn, results = self._commit(conn, [fn for fn, _, _ in batch])
+            conn, results = self.commit_batch(conn, [fn for fn, _, _ in batch])
             # One wake-up per event loop per batch, not one per write.
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
             for (_, fut, loop), result in zip(batch, results):
@@ -327,10 +327,15 @@ class SqlStore(Store):
         if conn is not None:
             conn.close()
 
-    def _commit(self, conn: Any, fns: list[Callable[[Any], Any]]) -> tuple[Any, list[Any]]:
-        """Run one batch of writes on ``conn`` (connecting first if it is None): the connection to use next,
-        and each write's result or exception. When the connection or the commit fails, nothing in the
-        batch is stored, every write gets the same StoreUnavailable, and the next batch reconnects."""
+    def commit_batch(self, conn: Any, fns: list[Callable[[Any], Any]]) -> tuple[Any, list[Any]]:
+        """Run one batch of writes on ``conn`` (connecting first if it is None) as one group commit: the
+        connection to use next, and each write's result or exception. When the connection or the commit
+        fails, nothing in the batch is stored, every write gets the same StoreUnavailable, and the next
+        batch reconnects.
+
+        The writer thread commits every batch with it, and so does the SQLite ingest child
+        (``ingester``), which owns its connection: pass None first, then what it returns,
+        and close that when done. A batch should hold at most ``max_batch`` writes."""
         try:
             if conn is None:
                 conn = self._connect()

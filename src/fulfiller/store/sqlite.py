@@ -1,7 +1,8 @@
 """SQLite backend: one file, WAL, ``synchronous=FULL`` so an acked event survives power loss.
 
-Webhook deliveries are parsed and committed by a child process (``ingester``), off
-the event loop's interpreter lock; every other write goes through the writer thread.
+Webhook deliveries are parsed and committed by a child process (``ingester``, reached
+through ``ingest_client``), off the event loop's interpreter lock; every other write
+goes through the writer thread.
 
 Checkpoints (copying the WAL back into the database file, and its fsync) run in
 a thread of their own: left to SQLite, every thousandth page written makes one
@@ -25,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from fulfiller.events import SOURCE_REQUESTED
 from fulfiller.intake.admission import Delivery
-from fulfiller.store.ingester import IngestProcess
+from fulfiller.store.ingest_client import IngestProcess
 from fulfiller.store.sql import Dialect, SqlStore
 
 log = logging.getLogger("fulfiller.store.sqlite")
