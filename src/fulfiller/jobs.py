@@ -8,26 +8,29 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from fulfiller.redact import redact_text, redact_url
 
-QUEUED = "queued"
-RUNNING = "running"
-COMPLETED = "completed"
-SKIPPED = "skipped"
-SUPERSEDED = "superseded"
-EXPIRED = "expired"
-FAILED = "failed"
-INVALID = "invalid"
-FULFILLED = "fulfilled"
-REJECTED = "rejected"
-TIMED_OUT = "timed_out"
 
-STATUSES = (
-    QUEUED, RUNNING, COMPLETED, SKIPPED, SUPERSEDED, EXPIRED, FAILED, INVALID, FULFILLED, REJECTED, TIMED_OUT,
-)
-FINAL = frozenset(STATUSES) - {QUEUED, RUNNING}
+class Status(StrEnum):
+    """Where a job stands. Its value is what the store, the API and the logs say."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    SKIPPED = "skipped"
+    SUPERSEDED = "superseded"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    INVALID = "invalid"
+    FULFILLED = "fulfilled"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+
+
+FINAL = frozenset(Status) - {Status.QUEUED, Status.RUNNING}
 
 _MAX_REASON = 1000
 _SURROGATE = re.compile("[\ud800-\udfff]")  # lone: a str holds no pairs

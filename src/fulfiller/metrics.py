@@ -6,8 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from fulfiller import jobs
 from fulfiller.events import TOPICS
+from fulfiller.jobs import Status
 from fulfiller.store.base import Store, StoreUnavailable
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -70,7 +70,7 @@ class Metrics:
         except StoreUnavailable:
             # Counters still matter when the store is down; the gauges keep their last values.
             return generate_latest(self.registry)
-        for status in jobs.STATUSES:
+        for status in Status:
             self.jobs.labels(status).set(stats.by_status.get(status, 0))
         self.oldest_queued.set(max(0.0, time.time() - stats.oldest_queued_at) if stats.oldest_queued_at else 0.0)
         return generate_latest(self.registry)

@@ -24,13 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from fulfiller import jobs
 from fulfiller.catalogs.base import Catalog, Master
 from fulfiller.config import Config, parse_config
 from fulfiller.delivery.engine import Engine
 from fulfiller.delivery.resolve import Catalogs
 from fulfiller.delivery.transfer import Delivered, Refused, SizeMismatch
-from fulfiller.jobs import Job
+from fulfiller.jobs import Job, Status
 from fulfiller.metrics import Metrics
 from fulfiller.retry import Transient
 from fulfiller.store import Store, open_store
@@ -217,8 +216,8 @@ async def test_oss_completes_with_the_hash_of_the_bytes(h: Harness, answer: int)
 
     status, stored = await h.run(job)
 
-    assert status == jobs.COMPLETED
-    assert stored.status == jobs.COMPLETED
+    assert status == Status.COMPLETED
+    assert stored.status == Status.COMPLETED
     assert stored.error is None and stored.skip_reason is None
     assert stored.content_hash == sha256_of(MP4)
     assert stored.bytes == len(MP4)
@@ -243,7 +242,7 @@ async def test_afs_completes_with_the_aspect_delivered(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.COMPLETED and stored.status == jobs.COMPLETED
+    assert status == Status.COMPLETED and stored.status == Status.COMPLETED
     assert stored.chosen_aspect == "4x5"
     assert stored.content_hash == sha256_of(MP4_4X5)
     assert h.uploader.puts[0].body == MP4_4X5
@@ -259,7 +258,7 @@ async def test_no_route_is_a_skip(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.SKIPPED and stored.status == jobs.SKIPPED
+    assert status == Status.SKIPPED and stored.status == Status.SKIPPED
     assert stored.skip_reason == "no_route" and stored.error is None
     assert stored.content_hash is None
     assert steps(stored) == [("resolve", None), ("callback", 200)]
@@ -274,7 +273,7 @@ async def test_nothing_in_the_catalog_is_a_no_match_skip(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.SKIPPED and stored.status == jobs.SKIPPED
+    assert status == Status.SKIPPED and stored.status == Status.SKIPPED
     assert stored.skip_reason == "no_match:aspect=9x16" and stored.error is None
     assert steps(stored) == [("resolve", None), ("callback", 200)]
     assert h.catalog.asked == ["HRT-1/v2/en/9x16"]
@@ -288,7 +287,7 @@ async def test_a_master_of_the_wrong_kind_is_passed_over(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.SKIPPED and stored.skip_reason == "no_match:aspect=9x16"
+    assert status == Status.SKIPPED and stored.skip_reason == "no_match:aspect=9x16"
     assert "image/jpeg, not a video: passed over" in (stored.attempts[0].detail or "")
     assert h.uploader.puts == []
     assert h.peer.bodies == [{"skip": True, "reason": "no_match:aspect=9x16"}]
@@ -302,7 +301,7 @@ async def test_an_operator_skip_sends_the_skip_body_and_nothing_else(h: Harness)
 
     status, stored = await h.run(job)
 
-    assert status == jobs.SKIPPED and stored.status == jobs.SKIPPED
+    assert status == Status.SKIPPED and stored.status == Status.SKIPPED
     assert stored.skip_reason == "manual:operator" and stored.error is None
     assert steps(stored) == [("callback", 200)]  # no resolve, no upload
     assert h.catalog.asked == [] and h.uploader.puts == []
@@ -318,7 +317,7 @@ async def test_callback_409_is_superseded(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.SUPERSEDED and stored.status == jobs.SUPERSEDED
+    assert status == Status.SUPERSEDED and stored.status == Status.SUPERSEDED
     assert "409" in (stored.error or "") and "completed elsewhere" in (stored.error or "")
     assert stored.content_hash == sha256_of(MP4)  # the bytes went; the token was answered by someone else
     assert steps(stored) == [("resolve", None), ("upload", 200), ("callback", 409)]
@@ -332,7 +331,7 @@ async def test_skip_callback_409_is_superseded_and_keeps_the_skip_reason(h: Harn
 
     status, stored = await h.run(job)
 
-    assert status == jobs.SUPERSEDED and stored.status == jobs.SUPERSEDED
+    assert status == Status.SUPERSEDED and stored.status == Status.SUPERSEDED
     assert stored.skip_reason == "no_match:aspect=9x16"
     assert h.peer.bodies == [{"skip": True, "reason": "no_match:aspect=9x16"}]
 
@@ -343,7 +342,7 @@ async def test_callback_410_is_expired(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.EXPIRED and stored.status == jobs.EXPIRED
+    assert status == Status.EXPIRED and stored.status == Status.EXPIRED
     assert stored.error == "callback answered 410: the request expired"
     assert steps(stored, "callback") == [("callback", 410)]
     assert len(h.peer.requests) == 1
@@ -355,7 +354,7 @@ async def test_callback_400_fails_keeping_the_answer(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert status == Status.FAILED and stored.status == Status.FAILED
     assert stored.error == "callback answered 400: scripted 400 for this token"
     assert steps(stored, "callback") == [("callback", 400)]
     assert stored.attempts[-1].error == stored.error
@@ -368,7 +367,7 @@ async def test_callback_500_then_200_completes_after_two_tries(h: Harness) -> No
 
     status, stored = await h.run(job)
 
-    assert status == jobs.COMPLETED and stored.status == jobs.COMPLETED
+    assert status == Status.COMPLETED and stored.status == Status.COMPLETED
     assert stored.error is None
     assert steps(stored, "callback") == [("callback", 500), ("callback", 200)]
     assert stored.attempts[-2].error == "callback answered 500"
@@ -387,7 +386,7 @@ async def test_upload_403_fails_without_a_callback(h: Harness) -> None:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert status == Status.FAILED and stored.status == Status.FAILED
     assert stored.error == "upload answered 403: SignatureDoesNotMatch (pre-signed URL expired or invalid)"
     assert stored.content_hash is None
     assert steps(stored) == [("resolve", None), ("upload", 403)]
@@ -401,7 +400,7 @@ async def test_upload_transient_then_success_completes_after_two_tries(h: Harnes
 
     status, stored = await h.run(job)
 
-    assert status == jobs.COMPLETED and stored.status == jobs.COMPLETED
+    assert status == Status.COMPLETED and stored.status == Status.COMPLETED
     assert steps(stored, "upload") == [("upload", 503), ("upload", 200)]
     assert stored.content_hash == sha256_of(MP4)
     # Each try streamed the master from its first byte: the retry opened a stream of its own.
@@ -416,7 +415,7 @@ async def test_upload_size_mismatch_fails_as_master_unreadable(h: Harness) -> No
 
     status, stored = await h.run(job)
 
-    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert status == Status.FAILED and stored.status == Status.FAILED
     assert stored.error == "master unreadable: catalog gave 10 bytes more than its size"
     assert steps(stored) == [("resolve", None), ("upload", None)]
     assert h.peer.requests == []
@@ -428,7 +427,7 @@ async def test_an_unexpected_uploader_exception_fails_as_internal_error(h: Harne
 
     status, stored = await h.run(job)
 
-    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert status == Status.FAILED and stored.status == Status.FAILED
     assert stored.error == "internal error: RuntimeError: boom"
     assert steps(stored) == [("resolve", None), ("upload", None)]
     assert stored.attempts[-1].error == "RuntimeError: boom"
@@ -444,7 +443,7 @@ async def test_a_deadline_already_passed_expires_the_job_with_nothing_sent(h: Ha
 
     status, stored = await h.run(job)
 
-    assert status == jobs.EXPIRED and stored.status == jobs.EXPIRED
+    assert status == Status.EXPIRED and stored.status == Status.EXPIRED
     assert stored.error == "deadline (expiresAt) passed before work started"
     assert stored.attempts == []
     assert h.catalog.asked == []
@@ -459,7 +458,7 @@ async def test_an_invalid_payload_ends_invalid_with_nothing_sent(h: Harness) -> 
 
     status, stored = await h.run(job)
 
-    assert status == jobs.INVALID and stored.status == jobs.INVALID
+    assert status == Status.INVALID and stored.status == Status.INVALID
     assert (stored.error or "").startswith("invalid payload: ")
     assert "uploadUrl" in (stored.error or "")
     assert stored.attempts == []
@@ -474,7 +473,7 @@ async def test_an_upload_host_outside_the_allow_list_fails_and_the_uploader_is_n
 
     status, stored = await h.run(job)
 
-    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert status == Status.FAILED and stored.status == Status.FAILED
     assert stored.error == "upload host evil.example.com:443 is not in the allow-list"
     assert steps(stored) == [("resolve", None)]  # resolved, then refused before any byte left
     assert_nothing_sent(h)
@@ -485,7 +484,7 @@ async def test_a_callback_host_outside_the_allow_list_fails_with_nothing_sent(h:
 
     status, stored = await h.run(job)
 
-    assert status == jobs.FAILED and stored.status == jobs.FAILED
+    assert status == Status.FAILED and stored.status == Status.FAILED
     assert "callback host evil.example.com" in (stored.error or "")
     assert stored.attempts == []
     assert h.catalog.asked == []

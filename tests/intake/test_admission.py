@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from fulfiller import events, jobs
 from fulfiller.intake.admission import NotAnObject, new_job, parse_object, plan, wait_token_key
-from fulfiller.store.sql import NEW_JOB_COLUMNS
+from fulfiller.jobs import FINAL, Status
 from fulfiller.ops.testevent import sample_event
+from fulfiller.store.sql import NEW_JOB_COLUMNS
 
 NOW = 1_777_000_000.0
 UPLOAD = "https://acct.r2.cloudflarestorage.com/bucket/key?X-Amz-Signature=abc"
@@ -47,7 +48,7 @@ def test_a_request_plans_a_queued_job_with_its_coordinates() -> None:
     assert job is not None
     assert job.id.startswith("job_")
     assert job.event_id == "evt_1"
-    assert job.status == jobs.QUEUED
+    assert job.status == Status.QUEUED
     assert job.request_kind == "oss"
     assert job.payload == data
     assert job.storage_key == data["fulfillment"]["storageKey"]
@@ -62,7 +63,7 @@ def test_a_request_plans_a_queued_job_with_its_coordinates() -> None:
 def test_an_afs_request_leaves_the_aspect_to_the_worker() -> None:
     job = plan("evt_afs", events.SOURCE_REQUESTED, "{}", afs(), NOW).job
     assert job is not None
-    assert job.status == jobs.QUEUED
+    assert job.status == Status.QUEUED
     assert job.request_kind == "afs"
     assert job.chosen_aspect is None
 
@@ -93,7 +94,7 @@ def test_an_invalid_request_plans_an_invalid_job_with_the_reason_and_readable_co
     mutate(data)
     job = plan("evt_bad", events.SOURCE_REQUESTED, "{}", data, NOW).job
     assert job is not None
-    assert job.status == jobs.INVALID
+    assert job.status == Status.INVALID
     assert job.error is not None and job.error.startswith("invalid payload: ") and reason in job.error
     assert job.request_kind is None
     assert job.payload == data
@@ -111,7 +112,7 @@ def test_an_invalid_job_drops_unusable_coordinates(variation: Any) -> None:
     data["fulfillment"]["expiresAt"] = "soon"
     data["projectId"] = ["p"]
     job = new_job("evt", data, NOW)
-    assert job.status == jobs.INVALID
+    assert job.status == Status.INVALID
     assert "creative.code" in job.error or "projectId" in job.error  # the first broken field
     assert job.variation is None
     assert job.code is None
@@ -122,7 +123,7 @@ def test_an_invalid_job_drops_unusable_coordinates(variation: Any) -> None:
 
 def test_an_empty_request_is_invalid_not_an_error() -> None:
     job = new_job("evt_empty", {}, NOW)
-    assert job.status == jobs.INVALID
+    assert job.status == Status.INVALID
     assert "creative" in job.error
     assert (job.storage_key, job.project_id, job.code, job.variation, job.locale) == (None,) * 5
 
@@ -136,8 +137,8 @@ def test_an_unknown_topic_is_only_recorded(topic: str) -> None:
 
 
 @pytest.mark.parametrize("topic, status", [
-    (events.SOURCE_FULFILLED, jobs.FULFILLED), (events.SOURCE_REJECTED, jobs.REJECTED),
-    (events.SOURCE_TIMEOUT, jobs.TIMED_OUT),
+    (events.SOURCE_FULFILLED, Status.FULFILLED), (events.SOURCE_REJECTED, Status.REJECTED),
+    (events.SOURCE_TIMEOUT, Status.TIMED_OUT),
 ])
 def test_a_lifecycle_event_plans_a_status_for_its_job(topic: str, status: str) -> None:
     data = {"fulfillment": {"storageKey": "fb-external/k"}, "reason": "corrupt file"}
@@ -150,7 +151,7 @@ def test_a_lifecycle_event_plans_a_status_for_its_job(topic: str, status: str) -
 
 
 def test_lifecycle_statuses_are_job_statuses() -> None:
-    assert set(events.LIFECYCLE_STATUS.values()) <= set(jobs.FINAL)
+    assert set(events.LIFECYCLE_STATUS.values()) <= set(FINAL)
 
 
 def test_a_lifecycle_event_that_names_no_job_is_recorded_with_a_note() -> None:
@@ -177,7 +178,7 @@ def test_every_new_job_keys_its_wait_token() -> None:
     broken = oss()
     broken["creative"]["kind"] = "hologram"
     invalid = new_job("evt", broken, NOW)
-    assert (invalid.status, invalid.callback_key) == (jobs.INVALID, CALLBACK)  # replays of it are duplicates too
+    assert (invalid.status, invalid.callback_key) == (Status.INVALID, CALLBACK)  # replays of it are duplicates too
     unsafe = oss()
     unsafe["fulfillment"]["completeCallbackUrl"] = "https://x/\ud800"
     assert new_job("evt", unsafe, NOW).callback_key == "sha256:" + hashlib.sha256(b"https://x/\xed\xa0\x80").hexdigest()
@@ -208,7 +209,7 @@ def test_an_invalid_job_keeps_only_coordinates_a_store_can_index(
     data = oss()
     mutate(data)
     job = new_job("evt", data, NOW)
-    assert job.status == jobs.INVALID
+    assert job.status == Status.INVALID
     assert job.error is not None and job.error.startswith(f"invalid payload: {field}:")
     for column in ("storage_key", "project_id", "code", "locale"):
         assert (getattr(job, column) is None) == (column in nulled), column
@@ -217,13 +218,13 @@ def test_an_invalid_job_keeps_only_coordinates_a_store_can_index(
 def test_an_expires_at_is_measured_from_receipt() -> None:
     data = oss()  # expires 2026-04-24T01:00:00Z
     expires = datetime(2026, 4, 24, 1, 0, tzinfo=UTC).timestamp()
-    assert new_job("evt", data, expires - 24 * 3600).status == jobs.QUEUED
+    assert new_job("evt", data, expires - 24 * 3600).status == Status.QUEUED
     late = new_job("evt", data, expires - 24 * 3600 - 1)
-    assert late.status == jobs.INVALID and "fulfillment.expiresAt" in (late.error or "")
+    assert late.status == Status.INVALID and "fulfillment.expiresAt" in (late.error or "")
     assert late.expires_at == expires
     data["fulfillment"]["expiresAt"] = "9999-12-31T23:59:59-23:59"
     far = new_job("evt", data, NOW)
-    assert far.status == jobs.INVALID and far.expires_at is None  # no reader could show year 10000
+    assert far.status == Status.INVALID and far.expires_at is None  # no reader could show year 10000
 
 
 @pytest.mark.parametrize("topic", sorted(events.LIFECYCLE_STATUS))

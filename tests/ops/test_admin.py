@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from fulfiller import jobs
 from fulfiller.app import create_app
 from fulfiller.config import Config, parse_config
-from fulfiller.store import Store
+from fulfiller.jobs import FINAL, Status
 from fulfiller.ops.testevent import sample_event, signed_headers
+from fulfiller.store import Store
 from support.netguard import block_network
 from support.odd_jobs import ODD_ROWS, job_row
 
@@ -92,30 +92,30 @@ class Admin:
         assert found, f"no job for {event_id}"
         return found[0]
 
-    async def make(self, status: str = jobs.QUEUED, *, code: str = "HRT-1212", expires_in_s: int = 3600,
+    async def make(self, status: str = Status.QUEUED, *, code: str = "HRT-1212", expires_in_s: int = 3600,
                    token: str | None = None, **fields: Any) -> dict[str, Any]:
         """A job in ``status``, moved there the way a worker (or the platform) would move it."""
         body = sample_event(upload_url(code), callback_url(token or f"waitpoint_{uuid.uuid4().hex[:12]}"),
                             code=code, expires_in_s=expires_in_s)
-        if status == jobs.INVALID:
+        if status == Status.INVALID:
             del body["creative"]["kind"]
         job = await self.job_for(await self.deliver(body))
-        if status in (jobs.QUEUED, jobs.INVALID):
+        if status in (Status.QUEUED, Status.INVALID):
             assert job["status"] == status
             return job
-        if status in (jobs.FULFILLED, jobs.REJECTED, jobs.TIMED_OUT):
-            topic = {jobs.FULFILLED: "video.source_fulfilled", jobs.REJECTED: "video.source_rejected",
-                     jobs.TIMED_OUT: "video.source_timeout"}[status]
+        if status in (Status.FULFILLED, Status.REJECTED, Status.TIMED_OUT):
+            topic = {Status.FULFILLED: "video.source_fulfilled", Status.REJECTED: "video.source_rejected",
+                     Status.TIMED_OUT: "video.source_timeout"}[status]
             await self.deliver({"storageKey": body["fulfillment"]["storageKey"], "reason": "from the platform"},
                                topic=topic)
         else:
             claimed = await self.store.claim(OWNER, 60)
             assert claimed is not None and claimed.id == job["id"], "make() expects no other queued job"
-            if status != jobs.RUNNING:
-                defaults = {jobs.FAILED: {"error": "callback answered 400: bad"},
-                            jobs.SKIPPED: {"skip_reason": "no_match:aspect=9x16"},
-                            jobs.EXPIRED: {"error": "callback answered 410: the request expired"},
-                            jobs.SUPERSEDED: {"error": "callback answered 409"}}.get(status, {})
+            if status != Status.RUNNING:
+                defaults = {Status.FAILED: {"error": "callback answered 400: bad"},
+                            Status.SKIPPED: {"skip_reason": "no_match:aspect=9x16"},
+                            Status.EXPIRED: {"error": "callback answered 410: the request expired"},
+                            Status.SUPERSEDED: {"error": "callback answered 409"}}.get(status, {})
                 assert await self.store.finish(job["id"], OWNER, status, {**defaults, **fields})
         job = (await self.get(f"/admin/jobs/{job['id']}")).json()
         assert job["status"] == status
@@ -149,7 +149,7 @@ ROUTES = [("GET", "/admin/jobs"), ("GET", "/admin/jobs/{id}"), ("POST", "/admin/
     {"X-Admin-Token": TOKEN},
 ], ids=["missing", "wrong", "longer", "shorter", "basic-scheme", "no-scheme", "empty", "other-header"])
 async def test_every_admin_route_refuses_a_missing_or_wrong_token(admin: Admin, headers: dict[str, str]) -> None:
-    job = await admin.make(jobs.FAILED)
+    job = await admin.make(Status.FAILED)
     for method, path in ROUTES:
         r = await admin.client.request(method, path.format(id=job["id"]), headers=headers,
                                        json={"reason": "x"} if path.endswith("skip") else None)
@@ -158,11 +158,11 @@ async def test_every_admin_route_refuses_a_missing_or_wrong_token(admin: Admin, 
         assert r.json() == {"error": "missing or wrong admin token"}
         assert TOKEN not in r.text
     # refused calls changed nothing
-    assert (await admin.get(f"/admin/jobs/{job['id']}")).json()["status"] == jobs.FAILED
+    assert (await admin.get(f"/admin/jobs/{job['id']}")).json()["status"] == Status.FAILED
 
 
 async def test_the_right_token_opens_every_route(admin: Admin) -> None:
-    job = await admin.make(jobs.FAILED)
+    job = await admin.make(Status.FAILED)
     assert (await admin.get("/admin/jobs")).status_code == 200
     assert (await admin.get(f"/admin/jobs/{job['id']}")).status_code == 200
     # the scheme is case blind (RFC 7235)
@@ -173,7 +173,7 @@ async def test_the_right_token_opens_every_route(admin: Admin) -> None:
 
 
 async def test_the_console_page_needs_no_token_and_carries_no_data(admin: Admin) -> None:
-    await admin.make(jobs.FAILED, code="HRT-7777")
+    await admin.make(Status.FAILED, code="HRT-7777")
     r = await admin.client.get("/admin")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
@@ -202,8 +202,8 @@ async def test_without_a_token_configured_no_admin_route_exists(tmp_path: Path) 
 
 
 async def test_list_is_newest_first_with_the_spec_fields(admin: Admin) -> None:
-    first = await admin.make(jobs.COMPLETED, code="HRT-1")
-    second = await admin.make(jobs.QUEUED, code="HRT-2")
+    first = await admin.make(Status.COMPLETED, code="HRT-1")
+    second = await admin.make(Status.QUEUED, code="HRT-2")
     body = (await admin.get("/admin/jobs")).json()
     assert [j["id"] for j in body["jobs"]] == [second["id"], first["id"]]
     assert body["limit"] == 50 and body["offset"] == 0 and body["next_offset"] is None
@@ -219,23 +219,23 @@ async def test_list_is_newest_first_with_the_spec_fields(admin: Admin) -> None:
 
 
 async def test_filter_by_status(admin: Admin) -> None:
-    failed = await admin.make(jobs.FAILED, code="HRT-10")
-    await admin.make(jobs.COMPLETED, code="HRT-11")
-    skipped = await admin.make(jobs.SKIPPED, code="HRT-12")
-    await admin.make(jobs.QUEUED, code="HRT-13")
+    failed = await admin.make(Status.FAILED, code="HRT-10")
+    await admin.make(Status.COMPLETED, code="HRT-11")
+    skipped = await admin.make(Status.SKIPPED, code="HRT-12")
+    await admin.make(Status.QUEUED, code="HRT-13")
     assert [j["id"] for j in (await admin.get("/admin/jobs?status=failed")).json()["jobs"]] == [failed["id"]]
     assert [j["id"] for j in (await admin.get("/admin/jobs?status=skipped")).json()["jobs"]] == [skipped["id"]]
     assert (await admin.get("/admin/jobs?status=running")).json()["jobs"] == []
     assert len((await admin.get("/admin/jobs?status=")).json()["jobs"]) == 4  # empty: no filter
     r = await admin.get("/admin/jobs?status=done")
     assert r.status_code == 400
-    assert "done" in r.json()["error"] and r.json()["statuses"] == list(jobs.STATUSES)
+    assert "done" in r.json()["error"] and r.json()["statuses"] == list(tuple(Status))
 
 
 async def test_filter_by_code_substring_case_blind_and_with_status(admin: Admin) -> None:
-    a = await admin.make(jobs.FAILED, code="HRT-1212")
-    b = await admin.make(jobs.COMPLETED, code="HRT-1299")
-    c = await admin.make(jobs.FAILED, code="ABC-1212")
+    a = await admin.make(Status.FAILED, code="HRT-1212")
+    b = await admin.make(Status.COMPLETED, code="HRT-1299")
+    c = await admin.make(Status.FAILED, code="ABC-1212")
 
     async def ids(query: str) -> set[str]:
         return {j["id"] for j in (await admin.get(f"/admin/jobs?{query}")).json()["jobs"]}
@@ -250,7 +250,7 @@ async def test_filter_by_code_substring_case_blind_and_with_status(admin: Admin)
 
 
 async def test_paging_with_limit_offset_and_next_offset(admin: Admin) -> None:
-    made = [await admin.make(jobs.QUEUED, code=f"PG-{i}") for i in range(7)]
+    made = [await admin.make(Status.QUEUED, code=f"PG-{i}") for i in range(7)]
     newest_first = [j["id"] for j in reversed(made)]
     seen: list[str] = []
     offset: int | None = 0
@@ -288,7 +288,7 @@ async def test_paging_parameters_are_clamped(admin: Admin, query: str, limit: in
 
 
 async def test_one_job_is_the_object_itself_with_attempts_and_the_redacted_event(admin: Admin) -> None:
-    job = await admin.make(jobs.QUEUED, code="HRT-55")
+    job = await admin.make(Status.QUEUED, code="HRT-55")
     r = await admin.get(f"/admin/jobs/{job['id']}")
     assert r.status_code == 200
     body = r.json()
@@ -332,8 +332,8 @@ async def test_an_unknown_job_is_404_on_every_route(admin: Admin) -> None:
 # rerun and skip, state by state
 
 # SPEC: 202 re-queued; 409 when the deadline has passed or the job is running (and invalid jobs can't run).
-RERUNNABLE = [jobs.QUEUED, jobs.COMPLETED, jobs.SKIPPED, jobs.SUPERSEDED, jobs.EXPIRED, jobs.FAILED,
-              jobs.FULFILLED, jobs.REJECTED, jobs.TIMED_OUT]
+RERUNNABLE = [Status.QUEUED, Status.COMPLETED, Status.SKIPPED, Status.SUPERSEDED, Status.EXPIRED, Status.FAILED,
+              Status.FULFILLED, Status.REJECTED, Status.TIMED_OUT]
 
 
 @pytest.mark.parametrize("status", RERUNNABLE)
@@ -351,7 +351,7 @@ async def test_rerun_requeues_a_job_before_its_deadline(admin: Admin, status: st
 
 
 # A skip answers the wait token with a negative-ack: only while nothing has answered it yet.
-SKIPPABLE = [jobs.QUEUED, jobs.FAILED]
+SKIPPABLE = [Status.QUEUED, Status.FAILED]
 ALREADY_ANSWERED = [s for s in RERUNNABLE if s not in SKIPPABLE]
 
 
@@ -380,14 +380,14 @@ async def test_skip_is_refused_409_once_the_request_is_answered(admin: Admin, st
 
 @pytest.mark.parametrize("action", ["rerun", "skip"])
 async def test_a_running_job_is_refused_409(admin: Admin, action: str) -> None:
-    job = await admin.make(jobs.RUNNING)
+    job = await admin.make(Status.RUNNING)
     r = await admin.post(f"/admin/jobs/{job['id']}/{action}", json={"reason": "x"})
     assert r.status_code == 409
     assert "running" in r.json()["error"]
     assert (await admin.get(f"/admin/jobs/{job['id']}")).json()["status"] == "running"
 
 
-@pytest.mark.parametrize("status", [jobs.QUEUED, jobs.FAILED, jobs.EXPIRED, jobs.COMPLETED])
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.FAILED, Status.EXPIRED, Status.COMPLETED])
 @pytest.mark.parametrize("action", ["rerun", "skip"])
 async def test_a_job_past_its_deadline_is_refused_409(admin: Admin, status: str, action: str) -> None:
     job = await admin.make(status, expires_in_s=-60)
@@ -401,7 +401,7 @@ async def test_a_job_past_its_deadline_is_refused_409(admin: Admin, status: str,
 
 @pytest.mark.parametrize("action", ["rerun", "skip"])
 async def test_an_invalid_job_is_refused_409(admin: Admin, action: str) -> None:
-    job = await admin.make(jobs.INVALID)
+    job = await admin.make(Status.INVALID)
     r = await admin.post(f"/admin/jobs/{job['id']}/{action}", json={"reason": "x"})
     assert r.status_code == 409
     assert "invalid payload cannot be rerun" in r.json()["error"]
@@ -411,7 +411,7 @@ async def test_an_invalid_job_is_refused_409(admin: Admin, action: str) -> None:
 @pytest.mark.parametrize("body", [None, b"", b"not json", b"[]", b'"reason"', b"{}", b'{"reason": ""}',
                                   b'{"reason": "   "}', b'{"reason": 42}', b'{"reason": null}', b'{"why": "x"}'])
 async def test_skip_needs_a_reason(admin: Admin, body: bytes | None) -> None:
-    job = await admin.make(jobs.FAILED)
+    job = await admin.make(Status.FAILED)
     r = await admin.post(f"/admin/jobs/{job['id']}/skip", content=body,
                          headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 400
@@ -420,7 +420,7 @@ async def test_skip_needs_a_reason(admin: Admin, body: bytes | None) -> None:
 
 
 async def test_rerun_ignores_a_body(admin: Admin) -> None:
-    job = await admin.make(jobs.FAILED)
+    job = await admin.make(Status.FAILED)
     r = await admin.post(f"/admin/jobs/{job['id']}/rerun", json={"reason": "ignored"})
     assert r.status_code == 202 and r.json()["skip"] is False
 
@@ -433,16 +433,15 @@ async def _wait_final(admin: Admin, job_id: str, timeout: float = 20) -> dict[st
     deadline = time.monotonic() + timeout
     while True:
         job = (await admin.get(f"/admin/jobs/{job_id}")).json()
-        if job["status"] in jobs.FINAL:
+        if job["status"] in FINAL:
             return job
         assert time.monotonic() < deadline, f"job stuck: {json.dumps(job, indent=1)}"
         await asyncio.sleep(0.05)
 
 
 async def test_no_admin_answer_carries_a_credential(tmp_path: Path) -> None:
-    from support.platform import new_token, run_platform, source_requested, storage_key
-
     from fulfiller.delivery.worker import worker_service
+    from support.platform import new_token, run_platform, source_requested, storage_key
 
     config = config_for(tmp_path, worker={"poll_interval_s": 0.05, "retry_base_s": 0.05, "retry_max_s": 0.2,
                                           "http_timeout_s": 2})
@@ -479,7 +478,7 @@ async def test_no_admin_answer_carries_a_credential(tmp_path: Path) -> None:
                 assert (await _wait_final(admin, ids["bad_sig"]))["status"] == "skipped"
 
                 answers = [await admin.get("/admin/jobs", params={"limit": 500})]
-                for status in jobs.STATUSES:
+                for status in tuple(Status):
                     answers.append(await admin.get("/admin/jobs", params={"status": status}))
                 for job_id in ids.values():
                     answers.append(await admin.get(f"/admin/jobs/{job_id}"))

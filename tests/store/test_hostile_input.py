@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from fulfiller import jobs
 from fulfiller.intake.admission import Delivery, wait_token_key
-from fulfiller.jobs import Job
+from fulfiller.jobs import Job, Status
 from fulfiller.store import Store
 from fulfiller.store.sql import coords_key
 from store.builders import PROJECT, REQUESTED, TIMEOUT, callback_url, request_body
@@ -83,7 +82,7 @@ async def test_a_request_with_unstorable_fields_is_an_invalid_job_that_indexes_n
     mutate(body)
     assert await accept(store, body, event_id="evt-hostile") is True
     job = await job_of(store, "evt-hostile")
-    assert job.status == jobs.INVALID
+    assert job.status == Status.INVALID
     assert job.error is not None and field in job.error
     for column in INDEXED:  # kept when safe, so operators can still find the job; never an unsafe value
         assert (getattr(job, column) is None) == (column in unsafe), column
@@ -104,12 +103,12 @@ async def test_lifecycle_events_with_unstorable_locators_are_kept_and_change_not
         {**coords, "projectId": "\ud800"},
     ):
         assert await accept(store, follow, TIMEOUT) is True
-    assert (await job_of(store, "evt-req")).status == jobs.QUEUED
+    assert (await job_of(store, "evt-req")).status == Status.QUEUED
     # An unusable storage key counts as absent: the coordinates still find the job, and an unusable reason
     # is dropped rather than stored.
     assert await accept(store, {**coords, "storageKey": LONG, "reason": "r\x00"}, TIMEOUT) is True
     job = await job_of(store, "evt-req")
-    assert (job.status, job.lifecycle_reason) == (jobs.TIMED_OUT, None)
+    assert (job.status, job.lifecycle_reason) == (Status.TIMED_OUT, None)
 
 
 async def test_long_coordinates_still_match_and_fit_every_index(store: Store) -> None:
@@ -121,14 +120,14 @@ async def test_long_coordinates_still_match_and_fit_every_index(store: Store) ->
     request["projectId"] = project
     assert await accept(store, request, event_id="evt-req") is True
     job = await job_of(store, "evt-req")
-    assert (job.status, job.code, job.locale, job.project_id) == (jobs.TIMED_OUT, code, locale, project)
+    assert (job.status, job.code, job.locale, job.project_id) == (Status.TIMED_OUT, code, locale, project)
     # And a follow-up after its request finds it the same way.
     second = request_body(code, locale=locale, variation=3, key="j" * 1024)
     second["projectId"] = project
     assert await accept(store, second, event_id="evt-req-2") is True
     lifecycle["creative"]["variation"] = 3
     assert await accept(store, lifecycle, "video.source_fulfilled") is True
-    assert (await job_of(store, "evt-req-2")).status == jobs.FULFILLED
+    assert (await job_of(store, "evt-req-2")).status == Status.FULFILLED
 
 
 def test_coords_key_keeps_short_keys_as_they_were_stored_and_digests_long_ones() -> None:

@@ -13,12 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from fulfiller import jobs
+from fulfiller.jobs import Status
 from fulfiller.store import StoreUnavailable, open_store
 from fulfiller.store.postgres import POSTGRES, PostgresStore, redact_dsn
 from fulfiller.store.sql import migrations
-from support.postgres import PgCluster, reset_schema
 from store.builders import REQUESTED, event, ingest_job, request_body, requested
+from support.postgres import PgCluster, reset_schema
 
 PASSWORD = "Sup3r-s3cret-pw"  # trust auth ignores it; it must never be shown
 
@@ -79,7 +79,7 @@ async def test_queued_work_wakes_a_worker_in_another_process(pg_url: str, stores
     await worker.wait_for_work(0.05)
     assert await woken(worker, lambda: receiver.release(job.id, "w")) < 10
     again = await worker.claim("w", 60)
-    assert again is not None and await worker.finish(again.id, "w", jobs.FAILED, {"error": "x"})
+    assert again is not None and await worker.finish(again.id, "w", Status.FAILED, {"error": "x"})
     await worker.wait_for_work(0.05)
     assert await woken(worker, lambda: receiver.requeue(again.id)) < 10
 

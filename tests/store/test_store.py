@@ -12,18 +12,26 @@ from typing import Any
 
 import pytest
 
-from fulfiller import jobs
 from fulfiller.intake.admission import Delivery, NotAnObject
-from fulfiller.jobs import Attempt
+from fulfiller.jobs import Attempt, Status
 from fulfiller.store import Store, StoreUnavailable
-from fulfiller.store.base import IS_RUNNING, NOT_FOUND, NOT_RERUNNABLE, PAST_DEADLINE, REQUEUED, UnreadableJob
+from fulfiller.store.base import Requeue, UnreadableJob
 from fulfiller.store.sql import migrations
 from fulfiller.store.sqlite import SQLITE
-from support.odd_jobs import NESTED, ODD_ROWS, job_row
 from store.builders import (
-    FULFILLED, PROJECT, REJECTED, REQUESTED, TIMEOUT, event, ingest_job, lifecycle_body, request_body, requested,
+    FULFILLED,
+    PROJECT,
+    REJECTED,
+    REQUESTED,
+    TIMEOUT,
+    event,
+    ingest_job,
+    lifecycle_body,
+    request_body,
+    requested,
     status_of,
 )
+from support.odd_jobs import NESTED, ODD_ROWS, job_row
 
 # -- intake ------------------------------------------------------------------------------
 
@@ -56,9 +64,9 @@ async def test_accept_parses_plans_and_stores_a_verified_delivery(store: Store) 
             await store.accept(Delivery("evt-bad", REQUESTED, bad, time.time()))
     by_event = {j.event_id: j for j in await store.list_jobs()}
     assert set(by_event) == {"evt-acc", "evt-inv"}
-    assert by_event["evt-acc"].status == jobs.QUEUED and by_event["evt-acc"].code == "HRT-ACC"
+    assert by_event["evt-acc"].status == Status.QUEUED and by_event["evt-acc"].code == "HRT-ACC"
     assert by_event["evt-acc"].payload == json.loads(body)
-    assert by_event["evt-inv"].status == jobs.INVALID and "invalid payload" in (by_event["evt-inv"].error or "")
+    assert by_event["evt-inv"].status == Status.INVALID and "invalid payload" in (by_event["evt-inv"].error or "")
 
 
 async def test_a_body_is_stored_once(store: Store) -> None:
@@ -85,7 +93,7 @@ async def test_invalid_payload_is_stored_as_invalid_job(store: Store) -> None:
     ev = event("evt-bad", REQUESTED, body)
     assert await store.ingest(ev) is True
     job = await store.get_job(ev.job.id)  # type: ignore[union-attr]
-    assert job is not None and job.status == jobs.INVALID and "creative.kind" in (job.error or "")
+    assert job is not None and job.status == Status.INVALID and "creative.kind" in (job.error or "")
     assert await store.claim("w", 60) is None  # never runnable
 
 
@@ -149,8 +157,8 @@ async def test_ingests_sharing_a_commit_come_out_as_one_at_a_time(store: Store) 
     assert len(listed) == 1 + 20 + 2 and listed["evt-old"].id == old.id
     assert listed["evt-b3"].code == "HRT-B3"  # the first of the two
     assert listed["evt-b7"].payload == news[7].job.payload  # type: ignore[union-attr]
-    assert listed["evt-late"].status == jobs.TIMED_OUT
-    assert listed["evt-bad"].status == jobs.INVALID
+    assert listed["evt-late"].status == Status.TIMED_OUT
+    assert listed["evt-bad"].status == Status.INVALID
 
 
 # -- lifecycle events ----------------------------------------------------------------------
@@ -162,8 +170,8 @@ async def test_lifecycle_matches_by_storage_key(store: Store) -> None:
     assert job.storage_key
     done = event("evt-f", FULFILLED, lifecycle_body(key=job.storage_key))
     assert await store.ingest(done) is True
-    assert await status_of(store, job.id) == jobs.FULFILLED
-    assert await status_of(store, other.id) == jobs.QUEUED
+    assert await status_of(store, job.id) == Status.FULFILLED
+    assert await status_of(store, other.id) == Status.QUEUED
 
 
 async def test_lifecycle_closes_a_running_job_and_its_lease(store: Store) -> None:
@@ -174,10 +182,10 @@ async def test_lifecycle_closes_a_running_job_and_its_lease(store: Store) -> Non
     assert await store.ingest(rejected) is True
     stored = await store.get_job(job.id)
     assert stored is not None
-    assert (stored.status, stored.lifecycle_reason, stored.lease_owner) == (jobs.REJECTED, "wrong_aspect", None)
+    assert (stored.status, stored.lifecycle_reason, stored.lease_owner) == (Status.REJECTED, "wrong_aspect", None)
     assert await store.renew(job.id, "w1", 60) is False  # the worker learns it is no longer its job
-    assert await store.finish(job.id, "w1", jobs.COMPLETED, {}) is False
-    assert await status_of(store, job.id) == jobs.REJECTED
+    assert await store.finish(job.id, "w1", Status.COMPLETED, {}) is False
+    assert await status_of(store, job.id) == Status.REJECTED
 
 
 async def test_lifecycle_by_coordinates_prefers_the_aspect_named(store: Store) -> None:
@@ -192,11 +200,11 @@ async def test_lifecycle_by_coordinates_prefers_the_aspect_named(store: Store) -
     assert await store.update(feed.id, "w", {"chosen_aspect": "4x5"}) is True
 
     assert await store.ingest(event("evt-f1", FULFILLED, lifecycle_body(aspect="9x16"))) is True
-    assert await status_of(store, story.id) == jobs.FULFILLED
-    assert await status_of(store, feed.id) == jobs.RUNNING
+    assert await status_of(store, story.id) == Status.FULFILLED
+    assert await status_of(store, feed.id) == Status.RUNNING
 
     assert await store.ingest(event("evt-f2", REJECTED, lifecycle_body(aspect="4x5", reason="corrupt"))) is True
-    assert await status_of(store, feed.id) == jobs.REJECTED
+    assert await status_of(store, feed.id) == Status.REJECTED
 
 
 async def test_lifecycle_by_coordinates_without_aspect_takes_the_newest(store: Store) -> None:
@@ -204,8 +212,8 @@ async def test_lifecycle_by_coordinates_without_aspect_takes_the_newest(store: S
     old = await ingest_job(store, "evt-old", t0, aspect="9x16")
     new = await ingest_job(store, "evt-new", t0 + 1, aspect=None, family="feed")
     assert await store.ingest(event("evt-t", TIMEOUT, lifecycle_body())) is True
-    assert await status_of(store, new.id) == jobs.TIMED_OUT
-    assert await status_of(store, old.id) == jobs.QUEUED
+    assert await status_of(store, new.id) == Status.TIMED_OUT
+    assert await status_of(store, old.id) == Status.QUEUED
 
 
 async def test_unmatched_lifecycle_is_kept_and_applied_when_its_job_arrives(store: Store) -> None:
@@ -214,11 +222,11 @@ async def test_unmatched_lifecycle_is_kept_and_applied_when_its_job_arrives(stor
     assert await store.ingest(event("evt-t", TIMEOUT, lifecycle_body(key=key))) is True
     assert await store.ingest(event("evt-r", REJECTED, lifecycle_body(code="HRT-7", variation=1))) is True
     unrelated = await ingest_job(store, "evt-u", code="HRT-8", variation=1)
-    assert await status_of(store, unrelated.id) == jobs.QUEUED
+    assert await status_of(store, unrelated.id) == Status.QUEUED
     by_key = await ingest_job(store, "evt-req", code="HRT-9", variation=1, key=key)
-    assert await status_of(store, by_key.id) == jobs.TIMED_OUT
+    assert await status_of(store, by_key.id) == Status.TIMED_OUT
     by_coords = await ingest_job(store, "evt-req2", code="HRT-7", variation=1)
-    assert await status_of(store, by_coords.id) == jobs.REJECTED
+    assert await status_of(store, by_coords.id) == Status.REJECTED
     assert await store.claim("w", 60) is not None  # only the unrelated job is runnable
     assert await store.claim("w", 60) is None
 
@@ -232,7 +240,7 @@ async def test_claim_takes_the_oldest_runnable_job(store: Store) -> None:
     order = []
     while (job := await store.claim("w", 60)) is not None:
         order.append(job.event_id)
-        assert (job.status, job.lease_owner, job.runs) == (jobs.RUNNING, "w", 1)
+        assert (job.status, job.lease_owner, job.runs) == (Status.RUNNING, "w", 1)
         assert job.lease_until is not None and job.lease_until > time.time() + 50
     assert order == ["evt-0", "evt-1", "evt-2"]
     assert len(made) == 3
@@ -252,15 +260,15 @@ async def test_lease_expiry_lets_another_worker_take_the_job(store: Store) -> No
     assert await store.renew(job.id, "w1", 60) is False
     assert await store.update(job.id, "w1", {"error": "late"}) is False
     assert await store.release(job.id, "w1") is False
-    assert await store.finish(job.id, "w1", jobs.COMPLETED, {}) is False
+    assert await store.finish(job.id, "w1", Status.COMPLETED, {}) is False
     assert await store.claim("w3", 60) is None
     # w2 holds it.
     assert await store.renew(job.id, "w2", 60) is True
-    assert await store.finish(job.id, "w2", jobs.COMPLETED, {"content_hash": "sha256:00"}) is True
+    assert await store.finish(job.id, "w2", Status.COMPLETED, {"content_hash": "sha256:00"}) is True
     done = await store.get_job(job.id)
     assert done is not None
     assert (done.status, done.lease_owner, done.lease_until, done.content_hash, done.error) == (
-        jobs.COMPLETED, None, None, "sha256:00", None)
+        Status.COMPLETED, None, None, "sha256:00", None)
 
 
 async def test_renew_extends_the_lease(store: Store) -> None:
@@ -283,12 +291,12 @@ async def test_update_and_finish_only_by_the_owner(store: Store) -> None:
         await store.update(job.id, "owner", {"status": "completed"})
     with pytest.raises(ValueError):
         await store.update(job.id, "owner", {"lease_owner": "intruder"})
-    assert await store.finish(job.id, "intruder", jobs.COMPLETED, {}) is False
-    assert await store.finish(job.id, "owner", jobs.FAILED, {"error": "403 from upload"}) is True
+    assert await store.finish(job.id, "intruder", Status.COMPLETED, {}) is False
+    assert await store.finish(job.id, "owner", Status.FAILED, {"error": "403 from upload"}) is True
     assert await store.update(job.id, "owner", {"bytes": 7}) is False  # closed: no longer held
     final = await store.get_job(job.id)
     assert final is not None
-    assert (final.status, final.bytes, final.extension, final.error) == (jobs.FAILED, 42, "mp4", "403 from upload")
+    assert (final.status, final.bytes, final.extension, final.error) == (Status.FAILED, 42, "mp4", "403 from upload")
 
 
 async def test_attempts_are_kept_in_order(store: Store) -> None:
@@ -311,9 +319,9 @@ async def test_release_gives_the_job_back(store: Store) -> None:
     assert await store.release(job.id, "other") is False
     assert await store.release(job.id, "w", not_before=time.time() + 3600) is True
     released = await store.get_job(job.id)
-    assert released is not None and (released.status, released.lease_owner) == (jobs.QUEUED, None)
+    assert released is not None and (released.status, released.lease_owner) == (Status.QUEUED, None)
     assert await store.claim("w", 60) is None  # not before its time
-    assert await store.requeue(job.id) == REQUEUED  # an operator's rerun clears not_before
+    assert await store.requeue(job.id) == Requeue.QUEUED  # an operator's rerun clears not_before
     again = await store.claim("w2", 60)
     assert again is not None and (again.id, again.runs) == (job.id, 2)
     assert await store.release(job.id, "w2") is True
@@ -354,7 +362,7 @@ async def test_a_job_whose_worker_went_away_three_times_ends_failed(store: Store
     failed = await store.get_job(job_id)
     assert failed is not None
     assert (failed.status, failed.error, failed.crashes, failed.runs, failed.lease_owner, failed.lease_until) == (
-        jobs.FAILED, "crashed 3 times", 3, 3, None, None)
+        Status.FAILED, "crashed 3 times", 3, 3, None, None)
     assert await store.claim("w5", 60) is None
     assert await store.renew(job_id, "w3", 60) is False
 
@@ -379,13 +387,13 @@ async def test_a_claimed_job_that_cannot_be_loaded_is_named_and_stays_held(store
             await store.claim("w", 60)
         assert caught.value.job_id == job_id and isinstance(caught.value.cause, error)
         # The claim stands: the job is the claimer's to end, in a write of its own.
-        assert await store.finish(job_id, "w", jobs.FAILED, {"error": "internal error"}) is True
+        assert await store.finish(job_id, "w", Status.FAILED, {"error": "internal error"}) is True
     taken = await store.claim("w", 60)
     assert taken is not None and taken.id == healthy
     # People still read them: the payload that does not decode is shown as none.
     listed = {j.id: j for j in await store.list_jobs()}
     for job_id in poisoned:
-        assert listed[job_id].payload is None and listed[job_id].status == jobs.FAILED
+        assert listed[job_id].payload is None and listed[job_id].status == Status.FAILED
         loaded = await store.get_job(job_id)
         assert loaded is not None and loaded.payload is None
 
@@ -413,29 +421,29 @@ async def test_every_odd_row_lists_reads_and_renders(store: Store) -> None:
 
 
 async def test_requeue_outcomes(store: Store) -> None:
-    assert await store.requeue("job_nope") == NOT_FOUND
+    assert await store.requeue("job_nope") == Requeue.NOT_FOUND
 
     running = await ingest_job(store, "evt-run", code="HRT-RUN")
     assert (await store.claim("w", 60)).id == running.id  # type: ignore[union-attr]
-    assert await store.requeue(running.id) == IS_RUNNING
+    assert await store.requeue(running.id) == Requeue.IS_RUNNING
 
     body = request_body(code="HRT-BAD")
     del body["fulfillment"]["storageKey"]
     invalid = event("evt-invalid", REQUESTED, body)
     assert await store.ingest(invalid) is True
-    assert await store.requeue(invalid.job.id) == NOT_RERUNNABLE  # type: ignore[union-attr]
+    assert await store.requeue(invalid.job.id) == Requeue.NOT_RERUNNABLE  # type: ignore[union-attr]
 
     late = await ingest_job(store, "evt-late", code="HRT-LATE", expires_in=-5)
-    assert await store.finish(running.id, "w", jobs.FAILED, {"error": "boom", "skip_reason": "x"}) is True
+    assert await store.finish(running.id, "w", Status.FAILED, {"error": "boom", "skip_reason": "x"}) is True
     assert (await store.claim("w", 60)).id == late.id  # type: ignore[union-attr]
-    assert await store.finish(late.id, "w", jobs.EXPIRED, {}) is True
-    assert await store.requeue(late.id) == PAST_DEADLINE
+    assert await store.finish(late.id, "w", Status.EXPIRED, {}) is True
+    assert await store.requeue(late.id) == Requeue.PAST_DEADLINE
 
-    assert await store.requeue(running.id, skip_reason="operator: no master") == REQUEUED
+    assert await store.requeue(running.id, skip_reason="operator: no master") == Requeue.QUEUED
     again = await store.get_job(running.id)
     assert again is not None
     assert (again.status, again.error, again.skip_reason, again.skip_requested) == (
-        jobs.QUEUED, None, None, "operator: no master")
+        Status.QUEUED, None, None, "operator: no master")
     claimed = await store.claim("w2", 60)
     assert claimed is not None and claimed.id == running.id and claimed.skip_requested == "operator: no master"
 
@@ -458,7 +466,7 @@ async def test_list_jobs_filters_and_pages(store: Store) -> None:
     a = await store.claim("w", 60)
     b = await store.claim("w", 60)
     assert a is not None and b is not None
-    assert await store.finish(a.id, "w", jobs.COMPLETED, {}) is True
+    assert await store.finish(a.id, "w", Status.COMPLETED, {}) is True
     assert [j.id for j in await store.list_jobs(status="completed")] == [a.id]
     assert [j.id for j in await store.list_jobs(status="running")] == [b.id]
     assert len(await store.list_jobs(status="queued")) == 5
@@ -477,7 +485,7 @@ async def test_stats(store: Store) -> None:
     assert await store.ingest(event("evt-inv", REQUESTED, body, t0 - 100)) is True
     job = await store.claim("w", 60)
     assert job is not None
-    assert await store.finish(job.id, "w", jobs.COMPLETED, {}) is True
+    assert await store.finish(job.id, "w", Status.COMPLETED, {}) is True
     await store.claim("w", 60)
     stats = await store.stats()
     assert stats.by_status == {"queued": 2, "running": 1, "completed": 1, "invalid": 1}

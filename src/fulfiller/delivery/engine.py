@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import httpx
 
-from fulfiller import jobs
 from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
 from fulfiller.config import Config
 from fulfiller.delivery.callback import callback_target, completion_body, post_callback, skip_body
@@ -23,7 +22,7 @@ from fulfiller.delivery.resolve import Catalogs, Found, find_master
 from fulfiller.delivery.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch, Uploader, upload_target
 from fulfiller.events import InvalidPayload, SourceRequest, parse_source_request
 from fulfiller.hosts import HostNotAllowed, Target, UnsafeUrl, check_url
-from fulfiller.jobs import Attempt, Job, internal_error
+from fulfiller.jobs import Attempt, Job, Status, internal_error
 from fulfiller.metrics import Metrics
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient, with_retries
@@ -71,16 +70,16 @@ class Engine:
             raise  # the store's fault, not the job's: its lease lapses and it runs again
         except Exception as exc:
             log.exception("internal error; the job ends failed", extra=ctx.log_extra)
-            return await ctx.finish(jobs.FAILED, error=internal_error(exc))
+            return await ctx.finish(Status.FAILED, error=internal_error(exc))
 
     async def _steps(self, ctx: _JobContext) -> None:
         job, worker = ctx.job, self.config.worker
         try:
             req = parse_source_request(job.payload)
         except InvalidPayload as exc:
-            raise _End(jobs.INVALID, error=f"invalid payload: {exc}") from None
+            raise _End(Status.INVALID, error=f"invalid payload: {exc}") from None
         if job.expires_at is not None and time.time() >= job.expires_at:
-            raise _End(jobs.EXPIRED, error="deadline (expiresAt) passed before work started")
+            raise _End(Status.EXPIRED, error="deadline (expiresAt) passed before work started")
         self._allow(req.callback_url, worker.allowed_callback_hosts, "callback", "completeCallbackUrl", callback_target)
 
         if job.skip_requested:
@@ -116,9 +115,9 @@ class Engine:
             check_url(url, hosts, allow_insecure_http=self.config.worker.allow_insecure_http, what=what,
                       read_as_sent=read_as_sent)
         except UnsafeUrl as exc:
-            raise _End(jobs.INVALID, error=f"invalid payload: fulfillment.{field}: {exc}") from None
+            raise _End(Status.INVALID, error=f"invalid payload: fulfillment.{field}: {exc}") from None
         except HostNotAllowed as exc:
-            raise _End(jobs.FAILED, error=str(exc)) from None
+            raise _End(Status.FAILED, error=str(exc)) from None
 
     async def _resolve(self, ctx: _JobContext, req: SourceRequest) -> Any:
         async def attempt() -> Any:
@@ -135,7 +134,7 @@ class Engine:
         except CatalogUnavailable as exc:
             raise Transient(f"catalog unavailable: {exc}") from None
         except CatalogError as exc:
-            raise _End(jobs.FAILED, error=f"catalog: {exc}") from None
+            raise _End(Status.FAILED, error=f"catalog: {exc}") from None
 
     async def _upload(self, ctx: _JobContext, req: SourceRequest, found: Found) -> Delivered:
         catalog = self.catalogs.get(found.master.catalog)
@@ -157,10 +156,10 @@ class Engine:
         except CatalogUnavailable as exc:
             raise Transient(f"catalog unavailable mid-stream: {exc}") from None
         except (CatalogError, SizeMismatch, ChecksumMismatch) as exc:
-            raise _End(jobs.FAILED, error=f"master unreadable: {exc}") from None
+            raise _End(Status.FAILED, error=f"master unreadable: {exc}") from None
         except Refused as exc:
             hint = " (pre-signed URL expired or invalid)" if exc.http_status == 403 else ""
-            raise _End(jobs.FAILED, error=f"{exc}{hint}") from None
+            raise _End(Status.FAILED, error=f"{exc}{hint}") from None
 
     async def _complete(self, ctx: _JobContext, req: SourceRequest, body: dict[str, object],
                         skip_reason: str | None) -> None:
@@ -179,7 +178,7 @@ class Engine:
             try:
                 return await ctx.attempt("callback", attempt)
             except Refused as exc:
-                raise _End(jobs.FAILED, error=str(exc), skip_reason=skip_reason) from None
+                raise _End(Status.FAILED, error=str(exc), skip_reason=skip_reason) from None
             except Transient as exc:
                 answer_lost = answer_lost or exc.maybe_delivered
                 raise
@@ -190,13 +189,13 @@ class Engine:
             # completed the token: the 409 is our own completion, not one from elsewhere.
             log.warning("callback answered 409 after a try whose answer was lost: taken as our own completion",
                         extra=ctx.log_extra)
-            raise _End(jobs.SKIPPED if skip_reason else jobs.COMPLETED, skip_reason=skip_reason)
+            raise _End(Status.SKIPPED if skip_reason else Status.COMPLETED, skip_reason=skip_reason)
         if status == 409:
-            raise _End(jobs.SUPERSEDED, skip_reason=skip_reason,
+            raise _End(Status.SUPERSEDED, skip_reason=skip_reason,
                        error="callback answered 409: the request was completed elsewhere (e.g. a manual upload)")
         if status == 410:
-            raise _End(jobs.EXPIRED, skip_reason=skip_reason, error="callback answered 410: the request expired")
-        raise _End(jobs.SKIPPED if skip_reason else jobs.COMPLETED, skip_reason=skip_reason)
+            raise _End(Status.EXPIRED, skip_reason=skip_reason, error="callback answered 410: the request expired")
+        raise _End(Status.SKIPPED if skip_reason else Status.COMPLETED, skip_reason=skip_reason)
 
 
 class _JobContext:
@@ -244,7 +243,7 @@ class _JobContext:
         deadline = self.job.expires_at or (time.time() + 3600)
         if time.time() >= deadline:
             # The step before ran into the deadline: the platform's URLs are dead now.
-            raise _End(jobs.EXPIRED, error=f"deadline (expiresAt) passed before {step}")
+            raise _End(Status.EXPIRED, error=f"deadline (expiresAt) passed before {step}")
 
         def on_retry(exc: Transient, wait: float) -> None:
             self.engine.metrics.retries.labels(step).inc()
@@ -254,7 +253,7 @@ class _JobContext:
             return await with_retries(fn, deadline=deadline, base_s=worker.retry_base_s, cap_s=worker.retry_max_s,
                                       on_retry=on_retry)
         except Transient as exc:
-            raise _End(jobs.EXPIRED, error=f"deadline reached while retrying {step}: {exc}") from None
+            raise _End(Status.EXPIRED, error=f"deadline reached while retrying {step}: {exc}") from None
 
     async def finish(self, status: str, **fields: Any) -> str:
         if "error" in fields and fields["error"]:

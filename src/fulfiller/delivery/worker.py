@@ -23,12 +23,11 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from fulfiller import jobs
 from fulfiller.config import Config
 from fulfiller.delivery.engine import Engine
 from fulfiller.delivery.resolve import Catalogs
 from fulfiller.delivery.transfer import Uploader
-from fulfiller.jobs import Job, internal_error
+from fulfiller.jobs import Job, Status, internal_error
 from fulfiller.metrics import Metrics
 from fulfiller.store import Store, StoreUnavailable, open_store
 from fulfiller.store.base import UnreadableJob
@@ -103,12 +102,12 @@ class WorkerPool:
         extra = {"job_id": exc.job_id, "worker": self.owner}
         log.error("job cannot be loaded; it ends failed", exc_info=exc.cause, extra=extra)
         try:
-            failed = await self.store.finish(exc.job_id, self.owner, jobs.FAILED, {"error": internal_error(exc.cause)})
+            failed = await self.store.finish(exc.job_id, self.owner, Status.FAILED, {"error": internal_error(exc.cause)})
         except Exception as err:  # its lease lapses, and the claim that takes it next counts a crash
             log.error("cannot end job %s failed: %s", exc.job_id, err, extra=extra)
             return
         if failed:
-            self.metrics.jobs_finished.labels(jobs.FAILED).inc()
+            self.metrics.jobs_finished.labels(Status.FAILED).inc()
 
     async def _hold(self, job: Job) -> None:
         extra = {"job_id": job.id, "event_id": job.event_id, "worker": self.owner}

@@ -19,7 +19,7 @@ from typing import Any
 
 from fulfiller import events, jobs
 from fulfiller.events import InvalidPayload, Lifecycle
-from fulfiller.jobs import Job
+from fulfiller.jobs import Job, Status
 
 # The delivery lines, under the receiver's name wherever they are written from (see log_taken).
 log = logging.getLogger("fulfiller.receiver")
@@ -84,7 +84,7 @@ def new_job(event_id: str, data: Mapping[str, Any], now: float, *, check_strings
         except InvalidPayload:
             pass
         return Job(
-            id=jobs.new_job_id(), event_id=event_id, status=jobs.INVALID, request_kind=None, payload=dict(data),
+            id=jobs.new_job_id(), event_id=event_id, status=Status.INVALID, request_kind=None, payload=dict(data),
             storage_key=_safe_or_none(_field(data, "fulfillment", "storageKey")),
             project_id=_safe_or_none(data.get("projectId")), code=_safe_or_none(_field(data, "creative", "code")),
             variation=variation if _storable_int(variation) else None,
@@ -92,7 +92,7 @@ def new_job(event_id: str, data: Mapping[str, Any], now: float, *, check_strings
             created_at=now, updated_at=now, error=f"invalid payload: {exc}", callback_key=callback_key,
         )
     return Job(
-        id=jobs.new_job_id(), event_id=event_id, status=jobs.QUEUED, request_kind=req.request_kind,
+        id=jobs.new_job_id(), event_id=event_id, status=Status.QUEUED, request_kind=req.request_kind,
         payload=dict(data), storage_key=req.storage_key, project_id=req.coords.project_id, code=req.coords.code,
         variation=req.coords.variation, locale=req.coords.locale, expires_at=req.expires_at.timestamp(),
         created_at=now, updated_at=now, chosen_aspect=req.aspect, callback_key=callback_key,

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from fulfiller import jobs
-from fulfiller.store.base import NOT_FOUND, REFUSALS, REQUEUED, Store
+from fulfiller.jobs import Status
+from fulfiller.store.base import REFUSALS, Requeue, Store
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -65,8 +65,8 @@ class AdminApi:
 
     async def list_jobs(self, request: Request) -> Response:
         status = request.query_params.get("status") or None
-        if status is not None and status not in jobs.STATUSES:
-            return JSONResponse({"error": f"unknown status {status!r}", "statuses": list(jobs.STATUSES)}, 400)
+        if status is not None and status not in set(Status):
+            return JSONResponse({"error": f"unknown status {status!r}", "statuses": list(Status)}, 400)
         limit = _int_param(request, "limit", 50, 1, 500)
         offset = _int_param(request, "offset", 0, 0, 10_000_000)
         found = await self.store.list_jobs(status, request.query_params.get("code") or None, limit + 1, offset)
@@ -100,6 +100,6 @@ class AdminApi:
     async def _requeue(self, request: Request, skip_reason: str | None) -> Response:
         job_id = request.path_params["job_id"]
         outcome = await self.store.requeue(job_id, skip_reason)
-        if outcome != REQUEUED:
-            return JSONResponse({"error": REFUSALS[outcome]}, 404 if outcome == NOT_FOUND else 409)
+        if outcome != Requeue.QUEUED:
+            return JSONResponse({"error": REFUSALS[outcome]}, 404 if outcome == Requeue.NOT_FOUND else 409)
         return JSONResponse({"status": "queued", "id": job_id, "skip": skip_reason is not None}, 202)

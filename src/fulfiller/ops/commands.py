@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fulfiller.config import Config
-from fulfiller.jobs import STATUSES
+from fulfiller.jobs import Status
 from fulfiller.store import open_store
-from fulfiller.store.base import NOT_FOUND, REFUSALS, REQUEUED
+from fulfiller.store.base import REFUSALS, Requeue
 
 # What a table cell shows escaped: a sender's newlines and terminal escapes.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -18,8 +18,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 async def list_jobs(config: Config, status: str | None, code: str | None, limit: int, as_json: bool,
                     out: Callable[[str], None]) -> int:
-    if status is not None and status not in STATUSES:
-        out(f"unknown status {status!r}; one of: {', '.join(STATUSES)}")
+    if status is not None and status not in set(Status):
+        out(f"unknown status {status!r}; one of: {', '.join(Status)}")
         return 2
     store = open_store(config.state)
     await store.open()
@@ -61,11 +61,11 @@ async def rerun(config: Config, job_id: str, out: Callable[[str], None]) -> int:
         outcome = await store.requeue(job_id)
     finally:
         await store.close()
-    if outcome == REQUEUED:
+    if outcome == Requeue.QUEUED:
         out(f"{job_id}: re-queued")
         return 0
-    if outcome == NOT_FOUND:
-        out(f"{job_id}: {REFUSALS[NOT_FOUND]}")
+    if outcome == Requeue.NOT_FOUND:
+        out(f"{job_id}: {REFUSALS[Requeue.NOT_FOUND]}")
         return 1
     out(f"{job_id}: refused: {REFUSALS[outcome]}")
     return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from fulfiller.intake.admission import Delivery, IncomingEvent, admit, log_taken
@@ -38,20 +39,24 @@ class Stats:
     oldest_queued_at: float | None = None
 
 
-# Rerun/skip outcomes, so callers can map them to HTTP statuses and exit codes.
-REQUEUED = "queued"
-NOT_FOUND = "not_found"
-IS_RUNNING = "running"
-PAST_DEADLINE = "expired"
-NOT_RERUNNABLE = "not_rerunnable"
-ALREADY_CLOSED = "already_closed"  # skip asked for a job whose wait token is already answered
+class Requeue(StrEnum):
+    """What became of an operator's rerun or skip: queued, or why it was refused."""
+
+    QUEUED = "queued"
+    NOT_FOUND = "not_found"
+    IS_RUNNING = "is_running"
+    PAST_DEADLINE = "past_deadline"
+    NOT_RERUNNABLE = "not_rerunnable"
+    ALREADY_CLOSED = "already_closed"  # skip asked for a job whose wait token is already answered
+
+
 # Why a rerun or skip was refused, as operators read it in the admin API, the console and the CLI alike.
 REFUSALS = {
-    NOT_FOUND: "no such job",
-    IS_RUNNING: "the job is running; wait for it to finish",
-    PAST_DEADLINE: "the job's deadline (expiresAt) has passed; the platform falls back to manual upload",
-    NOT_RERUNNABLE: "an invalid payload cannot be rerun; the platform must send a new event",
-    ALREADY_CLOSED: "only a queued or failed job can be skipped; this one's request is already answered",
+    Requeue.NOT_FOUND: "no such job",
+    Requeue.IS_RUNNING: "the job is running; wait for it to finish",
+    Requeue.PAST_DEADLINE: "the job's deadline (expiresAt) has passed; the platform falls back to manual upload",
+    Requeue.NOT_RERUNNABLE: "an invalid payload cannot be rerun; the platform must send a new event",
+    Requeue.ALREADY_CLOSED: "only a queued or failed job can be skipped; this one's request is already answered",
 }
 
 # A job whose worker went away while holding it (a crash, a lease it could not renew) this many
@@ -126,8 +131,8 @@ class Store(ABC):
         """Jobs newest first, optionally by status and by a substring of the creative code."""
 
     @abstractmethod
-    async def requeue(self, job_id: str, skip_reason: str | None = None) -> str:
-        """Queue a job again (rerun, or a forced skip); one of the outcome constants above."""
+    async def requeue(self, job_id: str, skip_reason: str | None = None) -> Requeue:
+        """Queue a job again (rerun, or a forced skip), or say why not."""
 
     @abstractmethod
     async def stats(self) -> Stats: ...

@@ -30,19 +30,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fulfiller import jobs
 from fulfiller.events import Lifecycle
-from fulfiller.jobs import Attempt, Job
+from fulfiller.jobs import Attempt, Job, Status
 from fulfiller.store.base import (
-    ALREADY_CLOSED,
     CRASHED,
-    IS_RUNNING,
     MAX_CRASHES,
-    NOT_FOUND,
-    NOT_RERUNNABLE,
-    PAST_DEADLINE,
-    REQUEUED,
     IncomingEvent,
+    Requeue,
     Stats,
     Store,
     StoreUnavailable,
@@ -492,7 +486,7 @@ class SqlStore(Store):
                 self._x(cur, "DELETE FROM events WHERE event_id = ?", (ev.event_id,))
                 return False
             self._apply_early_lifecycle(cur, ev.job)
-            if ev.job.status == jobs.QUEUED:
+            if ev.job.status == Status.QUEUED:
                 self._queued(cur)
         if lc is not None:
             job_id = self._match_job(cur, lc)
@@ -534,7 +528,7 @@ class SqlStore(Store):
             if lifecycle_pending:  # rare: look for each job's, as _ingest does
                 for job, _ in made:
                     self._apply_early_lifecycle(cur, job)
-            if any(job.status == jobs.QUEUED for job, _ in made):
+            if any(job.status == Status.QUEUED for job, _ in made):
                 self._queued(cur)
         return stored
 
@@ -573,7 +567,7 @@ class SqlStore(Store):
 
     def _apply_early_lifecycle(self, cur: Any, job: Job) -> None:
         """A follow-up event that arrived before its request (deliveries can cross) applies now."""
-        if job.status != jobs.QUEUED:
+        if job.status != Status.QUEUED:
             return  # an invalid job has no reliable coordinates, and nothing to close
         assert job.project_id is not None and job.code is not None
         assert job.variation is not None and job.locale is not None
@@ -590,7 +584,7 @@ class SqlStore(Store):
         # be read (or decoded) then fails that read, not the claim: the job is ours, and ours to end.
         job_id, crashed_out = await self._write(lambda cur: self._take(cur, owner, lease_s))
         for crashed in crashed_out:
-            log.warning("job failed: %s", CRASHED, extra={"job_id": crashed, "status": jobs.FAILED, "reason": CRASHED})
+            log.warning("job failed: %s", CRASHED, extra={"job_id": crashed, "status": Status.FAILED, "reason": CRASHED})
         if job_id is None:
             return None
         row = await self._read(lambda cur: self._x(cur, f"{_SELECT_JOB} WHERE id = ?", (job_id,)).fetchone())
@@ -621,7 +615,7 @@ class SqlStore(Store):
             if row is None:
                 return None, crashed_out
             job_id, status, crashes = row
-            if status == jobs.RUNNING:
+            if status == Status.RUNNING:
                 crashes += 1
                 if crashes >= MAX_CRASHES:
                     self._x(
@@ -754,20 +748,20 @@ class SqlStore(Store):
 
         return await self._read(op)
 
-    async def requeue(self, job_id: str, skip_reason: str | None = None) -> str:
-        def op(cur: Any) -> str:
+    async def requeue(self, job_id: str, skip_reason: str | None = None) -> Requeue:
+        def op(cur: Any) -> Requeue:
             row = self._x(cur, "SELECT status, expires_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                return NOT_FOUND
+                return Requeue.NOT_FOUND
             status, expires_at = row
-            if status == jobs.RUNNING:
-                return IS_RUNNING
-            if status == jobs.INVALID:
-                return NOT_RERUNNABLE
+            if status == Status.RUNNING:
+                return Requeue.IS_RUNNING
+            if status == Status.INVALID:
+                return Requeue.NOT_RERUNNABLE
             if expires_at is not None and expires_at <= time.time():
-                return PAST_DEADLINE
-            if skip_reason is not None and status not in (jobs.QUEUED, jobs.FAILED):
-                return ALREADY_CLOSED
+                return Requeue.PAST_DEADLINE
+            if skip_reason is not None and status not in (Status.QUEUED, Status.FAILED):
+                return Requeue.ALREADY_CLOSED
             self._x(
                 cur,
                 "UPDATE jobs SET status = 'queued', not_before = 0, error = NULL, skip_reason = NULL,"
@@ -775,10 +769,10 @@ class SqlStore(Store):
                 (skip_reason, time.time(), job_id),
             )
             self._queued(cur)
-            return REQUEUED
+            return Requeue.QUEUED
 
         outcome = await self._write(op)
-        if outcome == REQUEUED:
+        if outcome == Requeue.QUEUED:
             self._wake()
         return outcome
 
