@@ -27,6 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -328,9 +329,68 @@ def test_throttling_is_retried_to_completion(stack: Stack) -> None:
     assert (seen.count("list 429"), seen.count("media 403")) == (1, 1)
     media_hits = [(h.status, h.range) for h in seen.hits("media")]
     assert media_hits == [(403, None), (200, None)]
-    # Retried inside the catalog: the job made one try of each step.
-    assert [a["step"] for a in job["attempts"]] == ["resolve", "upload", "callback"]
+    # The catalog tried each request once; the engine retried the step.
+    assert [a["step"] for a in job["attempts"]] == ["resolve", "resolve", "resolve", "upload", "callback"]
+    throttled_list, throttled_media, found = attempts(job, "resolve")
+    assert "HTTP 429 rateLimitExceeded" in throttled_list["error"]
+    assert "HTTP 403 rateLimitExceeded" in throttled_media["error"]
+    assert found["error"] is None
     assert len(stack.platform.uploads(key)) == 1
+
+
+def ended_at(attempt: dict[str, Any]) -> float:
+    """When a recorded attempt ended, in epoch seconds."""
+    return datetime.fromisoformat(attempt["started_at"]).timestamp() + attempt["duration_ms"] / 1000
+
+
+def test_drive_retry_after_is_honoured_by_the_engine(stack: Stack) -> None:
+    code = stack.new_code("my")
+    data = media("9x16.mp4")
+    stack.drive.add_file("9x16.mp4", stack.leaf(code), data)
+    event, key, token = stack.oss(code)
+    stack.drive.fail_next(1, 429, "rateLimitExceeded", retry_after=1, kind="list")
+
+    job = stack.run(event)
+
+    stack.assert_delivered(job, key, token, data, "video/mp4", "mp4")
+    throttled, found = attempts(job, "resolve")
+    assert "HTTP 429 rateLimitExceeded" in throttled["error"]
+    waited = datetime.fromisoformat(found["started_at"]).timestamp() - ended_at(throttled)
+    assert waited >= 0.9  # the engine's backoff alone would be ~0.02 s
+
+
+@pytest.mark.parametrize("when", ["resolve", "upload"])
+def test_a_drive_outage_is_retried_to_completion(stack: Stack, when: str) -> None:
+    code = stack.new_code("shared")
+    data = big_mp4(3 * 1024 * 1024, seed=5)
+    file_id = stack.drive.add_file("9x16.mp4", stack.leaf(code), data)
+    event, key, token = stack.oss(code)
+    seen = Window(stack.drive)
+    if when == "resolve":
+        stack.drive.fail_next(2, 503, "backendError", kind="list")
+    else:
+        # The resume after a cut meets the outage, once the upload is under way.
+        stack.drive.cut_download(file_id, after_bytes=1_500_000)
+        stack.drive.after("media", 1, lambda: stack.drive.fail_next(1, 503, "backendError", kind="media"))
+
+    job = stack.run(event)
+
+    assert job["status"] == "completed", job
+    assert stack.platform.stored(key).read_bytes() == data  # type: ignore[union-attr]
+    [callback] = stack.platform.callbacks(token)
+    assert callback.body == completion(key, data, "mp4")
+    if when == "resolve":
+        assert seen.count("list 503") == 2
+        assert [a["step"] for a in job["attempts"]] == ["resolve", "resolve", "resolve", "upload", "callback"]
+        assert [u.outcome for u in stack.platform.uploads(key)] == ["stored"]
+    else:
+        # The first PUT is abandoned short; the retry streams the master again from its first byte.
+        assert [(h.status, h.range) for h in seen.hits("media")] == [
+            (200, None), (503, "bytes=1500000-"), (200, None)]
+        assert [a["step"] for a in job["attempts"]] == ["resolve", "upload", "upload", "callback"]
+        assert "HTTP 503 backendError" in attempts(job, "upload")[0]["error"]
+        first, second = stack.platform.wait_for_uploads(2, key=key)
+        assert (first.outcome, second.outcome) == ("disconnected", "stored")
 
 
 @pytest.mark.parametrize("served_from", ["memory", "disk"])

@@ -38,9 +38,6 @@ class Counting(Catalog):
         finally:
             self.closed += 1
 
-    async def read_range(self, master: Master, start: int, length: int) -> bytes:
-        return DATA[start : start + length]
-
 
 async def chunks_of(opened: Opened) -> list[bytes]:
     whole = opened.take()

@@ -13,7 +13,6 @@ from fulfiller.config import DEFAULT_LAYOUT, LocalCatalogConfig
 from support.masters import FIELDS, MEDIA
 
 
-
 def put(root: Path, rel: str, data: bytes | None = None) -> bytes:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,26 +138,12 @@ async def test_stream_from_offset_gives_exact_bytes(tmp_path: Path) -> None:
     assert [c async for c in cat.stream(master, start=len(data))] == []
 
 
-async def test_read_range(tmp_path: Path) -> None:
-    data = put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
-    cat = catalog(tmp_path)
-    [master] = await cat.find(FIELDS, "video")
-
-    assert await cat.read_range(master, 0, 12) == data[:12]
-    assert await cat.read_range(master, 100, 50) == data[100:150]
-    assert await cat.read_range(master, len(data) - 5, 100) == data[-5:]
-    assert await cat.read_range(master, len(data) + 10, 100) == b""
-    assert await cat.read_range(master, 0, 0) == b""
-
-
 async def test_vanished_file_is_a_catalog_error(tmp_path: Path) -> None:
     put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
     cat = catalog(tmp_path)
     [master] = await cat.find(FIELDS, "video")
     Path(master.ref).unlink()
 
-    with pytest.raises(CatalogError, match="vanished"):
-        await cat.read_range(master, 0, 10)
     with pytest.raises(CatalogError, match="vanished"):
         [c async for c in cat.stream(master)]
 

@@ -24,11 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
-from fulfiller.catalogs.base import Catalog, Master
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
 from fulfiller.config import Config, parse_config
 from fulfiller.delivery.engine import Engine
 from fulfiller.delivery.resolve import Catalogs
-from fulfiller.delivery.transfer import Delivered, Refused, SizeMismatch
+from fulfiller.delivery.transfer import ChecksumMismatch, Delivered, Refused, SizeMismatch
 from fulfiller.jobs import Job, Status
 from fulfiller.metrics import Metrics
 from fulfiller.retry import Transient
@@ -55,10 +55,14 @@ class MemoryCatalog(Catalog):
         self.files = files
         self.asked: list[str] = []  # every folder/stem looked up
         self.streams = 0  # streams opened
+        self.find_failures: list[Exception] = []  # raised by the next lookups, in turn
+        self.stream_failures: list[Exception] = []  # raised by the next streams after their first chunk
 
     async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
         path = "/".join([*folders, stem])
         self.asked.append(path)
+        if self.find_failures:
+            raise self.find_failures.pop(0)
         return [
             Master(self.name, key, key.rsplit("/", 1)[-1], len(data), ref=key)
             for key, data in sorted(self.files.items())
@@ -70,9 +74,9 @@ class MemoryCatalog(Catalog):
         data = self.files[master.ref]
         for offset in range(start, len(data), chunk_size):
             yield data[offset:offset + chunk_size]
+            if self.stream_failures:
+                raise self.stream_failures.pop(0)
 
-    async def read_range(self, master: Master, start: int, length: int) -> bytes:
-        return self.files[master.ref][start:start + length]
 
 
 class OneCatalog(Catalogs):
@@ -120,14 +124,17 @@ class FakeUploader:
 
 @dataclass
 class FakeCallbackPeer:
-    """The platform's callback endpoint: answers the scripted statuses in turn (the last one repeats)."""
+    """The platform's callback endpoint: answers the scripted statuses in turn (the last one repeats); an
+    exception in the script is raised instead of answering, as httpx raises a timeout or a cut connection."""
 
-    script: list[int] = field(default_factory=lambda: [200])
+    script: list[int | Exception] = field(default_factory=lambda: [200])
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((str(request.url), json.loads(request.content)))
         status = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(status, Exception):
+            raise status
         return httpx.Response(status, text="" if status < 400 else f"scripted {status} for this token")
 
     @property
@@ -377,6 +384,83 @@ async def test_callback_500_then_200_completes_after_two_tries(h: Harness) -> No
     assert h.engine.metrics.registry.get_sample_value("fulfiller_retries_total", {"step": "callback"}) == 1
 
 
+async def test_a_callback_409_after_a_lost_answer_is_our_own_completion(h: Harness) -> None:
+    # The first try timed out reading the answer: the platform may have completed the token then.
+    h.peer.script = [httpx.ReadTimeout("no answer"), 409]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == Status.COMPLETED and stored.status == Status.COMPLETED
+    assert stored.error is None
+    assert steps(stored, "callback") == [("callback", None), ("callback", 409)]
+    assert len(h.peer.requests) == 2
+
+
+async def test_a_callback_409_after_a_refused_connection_is_superseded(h: Harness) -> None:
+    # A connection that never opened sent nothing: the 409 is someone else's completion.
+    h.peer.script = [httpx.ConnectError("refused"), 409]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == Status.SUPERSEDED and stored.status == Status.SUPERSEDED
+
+
+async def test_a_callback_failing_until_the_deadline_expires_the_job(h: Harness) -> None:
+    h.peer.script = [503]
+    job = await h.job(code="HRT-1", aspect="9x16", expires_in=0.3)
+
+    status, stored = await h.run(job)
+
+    assert status == Status.EXPIRED and stored.status == Status.EXPIRED
+    assert stored.error == "deadline reached while retrying callback: callback answered 503"
+    assert len(h.peer.requests) >= 2
+    assert {s for s in steps(stored, "callback")} == {("callback", 503)}
+
+
+# -- the catalog's answers -----------------------------------------------------------------------
+
+
+async def test_a_catalog_outage_is_retried_after_its_retry_after(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    h.catalog.find_failures = [CatalogUnavailable("429 rate limited", retry_after=0.05)]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == Status.COMPLETED and stored.status == Status.COMPLETED
+    assert steps(stored, "resolve") == [("resolve", None), ("resolve", None)]
+    assert stored.attempts[0].error == "CatalogUnavailable: 429 rate limited"
+    # The catalog's Retry-After (50 ms) wins over the configured backoff (at most 5 ms).
+    [retry] = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert retry.getMessage() == "resolve: catalog unavailable: 429 rate limited; retrying in 0.05s"
+
+
+async def test_a_catalog_refusal_fails_the_job_with_nothing_sent(h: Harness) -> None:
+    h.catalog.find_failures = [CatalogError("downloadQuotaExceeded")]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == Status.FAILED and stored.status == Status.FAILED
+    assert stored.error == "catalog: downloadQuotaExceeded"
+    assert steps(stored) == [("resolve", None)]  # not retried
+    assert_nothing_sent(h)
+
+
+async def test_a_catalog_cut_mid_stream_is_retried_from_the_first_byte(h: Harness) -> None:
+    h.catalog.stream_failures = [CatalogUnavailable("connection reset")]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == Status.COMPLETED and stored.status == Status.COMPLETED
+    assert stored.content_hash == sha256_of(MP4)
+    assert steps(stored, "upload") == [("upload", None), ("upload", 200)]
+    assert stored.attempts[1].error == "CatalogUnavailable: connection reset"
+    assert h.uploader.puts[-1].body == MP4 and h.catalog.streams == 2
+
+
 # -- the upload's answers ------------------------------------------------------------------------
 
 
@@ -419,6 +503,17 @@ async def test_upload_size_mismatch_fails_as_master_unreadable(h: Harness) -> No
     assert stored.error == "master unreadable: catalog gave 10 bytes more than its size"
     assert steps(stored) == [("resolve", None), ("upload", None)]
     assert h.peer.requests == []
+
+
+async def test_upload_checksum_mismatch_fails_as_master_unreadable(h: Harness) -> None:
+    h.uploader.script = [ChecksumMismatch("SHA-256 of the bytes read differs from the catalog's")]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    assert status == Status.FAILED and stored.status == Status.FAILED
+    assert stored.error == "master unreadable: SHA-256 of the bytes read differs from the catalog's"
+    assert len(h.uploader.puts) == 1 and h.peer.requests == []
 
 
 async def test_an_unexpected_uploader_exception_fails_as_internal_error(h: Harness) -> None:

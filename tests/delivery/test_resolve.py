@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fulfiller.config import load_config
-from fulfiller.events import Coordinates, SourceRequest
 from fulfiller.delivery.resolve import Catalogs, NotFound, find_master
+from fulfiller.events import Coordinates, SourceRequest
 
 MEDIA = Path(__file__).resolve().parents[1] / "media"
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from fulfiller.config import RouteConfig
-from fulfiller.events import Coordinates, SourceRequest
 from fulfiller.delivery.routing import aspect_order, no_match_reason, route_for
+from fulfiller.events import Coordinates, SourceRequest
 
 PREFERENCES = {"feed": ["4x5", "1x1", "3x4"], "story_reel": ["9x16"]}
 

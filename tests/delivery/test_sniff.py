@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fulfiller.media import MIME_TYPES
 from fulfiller.delivery.sniff import HEAD_BYTES, classify, sniff
+from fulfiller.media import MIME_TYPES
 
 MEDIA = Path(__file__).resolve().parents[1] / "media"
 

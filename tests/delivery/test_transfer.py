@@ -8,8 +8,8 @@ from collections.abc import AsyncGenerator, Iterator
 
 import pytest
 
-from fulfiller.retry import Transient
 from fulfiller.delivery.transfer import ChecksumMismatch, Refused, SizeMismatch, Uploader
+from fulfiller.retry import Transient
 from support.platform import PlatformDouble, run_platform
 
 DATA = random.Random(7).randbytes(3 * 1024 * 1024 + 123)

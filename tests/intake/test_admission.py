@@ -16,7 +16,7 @@ from fulfiller import events, jobs
 from fulfiller.intake.admission import NotAnObject, new_job, parse_object, plan, wait_token_key
 from fulfiller.jobs import FINAL, Status
 from fulfiller.ops.testevent import sample_event
-from fulfiller.store.sql import NEW_JOB_COLUMNS
+from fulfiller.store.ingest import NEW_JOB_COLUMNS
 
 NOW = 1_777_000_000.0
 UPLOAD = "https://acct.r2.cloudflarestorage.com/bucket/key?X-Amz-Signature=abc"

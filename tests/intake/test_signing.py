@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import pytest
@@ -23,9 +24,19 @@ from fulfiller.intake.signing import (
     Verifier,
     sign_outpost,
     sign_standard,
-    verify_outpost,
-    verify_standard,
 )
+
+
+def verify_outpost(body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *, prefix: str = "x-outpost-",
+                   tolerance_s: int = 300, now: float | None = None, require_timestamp: bool = False) -> None:
+    """The receiver's check in Outpost mode, as ``Verifier`` makes it from the config's keys."""
+    Verifier("outpost", secrets, prefix, tolerance_s, require_timestamp).verify(body, headers, now)
+
+
+def verify_standard(body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *, prefix: str = "webhook-",
+                    tolerance_s: int = 300, now: float | None = None) -> str | None:
+    """The receiver's check in Standard Webhooks mode: the message id."""
+    return Verifier("standard", secrets, prefix, tolerance_s).verify(body, headers, now)
 
 NOW = 1_717_249_416  # Outpost's documented example timestamp
 BODY = b'{"code":"ACME-123","variation":1,"locale":"fr-FR","note":"caf\xc3\xa9"}\n'

@@ -307,7 +307,7 @@ async def test_every_odd_stored_job_lists_and_shows(admin: Admin) -> None:
     names = {}
     for name, row in ODD_ROWS.items():
         job_id, sql, values = job_row(event_id, **row)
-        await admin.store._write(lambda cur: admin.store._x(cur, sql, values))  # type: ignore[attr-defined]
+        await admin.store.writer.submit(lambda cur: admin.store.dialect.execute(cur, sql, values))  # type: ignore[attr-defined]
         names[job_id] = name
     listed = await admin.get("/admin/jobs", params={"limit": 500})
     assert listed.status_code == 200

@@ -22,7 +22,7 @@ import pytest
 from fulfiller.intake.admission import Delivery, wait_token_key
 from fulfiller.jobs import Job, Status
 from fulfiller.store import Store
-from fulfiller.store.sql import coords_key
+from fulfiller.store.schema import coords_key
 from store.builders import PROJECT, REQUESTED, TIMEOUT, callback_url, request_body
 
 
@@ -48,7 +48,7 @@ async def job_of(store: Store, event_id: str) -> Job:
 
 
 async def event_ids(store: Store) -> set[str]:
-    read = store._read  # type: ignore[attr-defined]
+    read = store.read  # type: ignore[attr-defined]
     return {row[0] for row in await read(lambda cur: cur.execute("SELECT event_id FROM events").fetchall())}
 
 

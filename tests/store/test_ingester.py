@@ -43,7 +43,7 @@ def stored_events(store: SQLiteStore) -> set[str]:
 
 
 def child_pid(store: SQLiteStore) -> int:
-    proc = store._ingester._proc
+    proc = store.ingester.process
     assert proc is not None and proc.poll() is None
     return proc.pid
 
@@ -93,7 +93,7 @@ async def test_the_child_ignores_interrupts_meant_for_the_server(store: SQLiteSt
 
 async def test_a_dead_child_fails_its_deliveries_retryably_and_is_replaced(store: SQLiteStore) -> None:
     assert await store.accept(delivery("evt-before")) is True
-    store._ingester.restart_after_s = 0.0
+    store.ingester.restart_after_s = 0.0
     blocker = sqlite3.connect(store.path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # the child's commit waits on this lock
     try:
@@ -118,7 +118,7 @@ async def test_a_child_dying_again_at_once_is_not_restarted_in_a_loop(store: SQL
         await asyncio.wait_for(store.accept(delivery("evt-2")), 10)
     with pytest.raises(StoreUnavailable, match="restarting"):
         await store.ping()  # not ready until a new child may start
-    store._ingester.restart_after_s = 0.0
+    store.ingester.restart_after_s = 0.0
     await store.ping()
     assert child_pid(store) != first
 
@@ -127,7 +127,7 @@ async def test_close_answers_what_the_child_holds_then_it_exits(tmp_path: Path) 
     store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
     await store.open()
     assert await store.accept(delivery("evt-0")) is True
-    proc = store._ingester._proc
+    proc = store.ingester.process
     assert proc is not None
     pending = [asyncio.ensure_future(store.accept(delivery(f"evt-{i}", f"HRT-{i}"))) for i in range(1, 40)]
     await asyncio.sleep(0)  # all written to the child before it is told to stop

@@ -16,7 +16,7 @@ import pytest
 from fulfiller.jobs import Status
 from fulfiller.store import StoreUnavailable, open_store
 from fulfiller.store.postgres import POSTGRES, PostgresStore, redact_dsn
-from fulfiller.store.sql import migrations
+from fulfiller.store.schema import apply_migrations, migrations
 from store.builders import REQUESTED, event, ingest_job, request_body, requested
 from support.postgres import PgCluster, reset_schema
 
@@ -153,7 +153,7 @@ async def test_receivers_racing_on_one_wait_token_store_it_once(pg_url: str, sto
     assert all(x != y for x, y in zip(from_a, from_b, strict=True))  # exactly one of the two stored each request
     listed = await a.list_jobs(limit=1000)
     assert len(listed) == 200
-    stored = await a._read(lambda cur: cur.execute("SELECT count(*) FROM events").fetchone()[0])
+    stored = await a.read(lambda cur: cur.execute("SELECT count(*) FROM events").fetchone()[0])
     assert stored == 200  # the loser's event row went with its job
 
 
@@ -174,7 +174,7 @@ async def test_a_deadlocked_batch_is_run_again(pg_url: str, stores: list[Postgre
             cur.execute("UPDATE jobs SET error = 'store' WHERE id = %s", (second.id,))  # waits for `other`
             return "done"
 
-        write = asyncio.create_task(store._write(both))
+        write = asyncio.create_task(store.writer.submit(both))
         deadline = time.monotonic() + 10
         waiting = ("SELECT count(*) FROM pg_stat_activity"
                    " WHERE datname = current_database() AND wait_event_type = 'Lock'")
@@ -271,7 +271,7 @@ async def test_version_3_drops_the_unique_job_event_id_and_keeps_the_jobs(
     pg_url: str, stores: list[PostgresStore]
 ) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:  # the schema as version 2 left it, with a job
-        assert PostgresStore(pg_url)._apply_migrations(conn, upto=2) == 2
+        assert apply_migrations(conn, POSTGRES, upto=2) == 2
         conn.execute("INSERT INTO events (event_id, topic, received_at, body) VALUES ('evt-1', 't', 0, '')")
         conn.execute("INSERT INTO jobs (id, event_id, status, payload, created_at, updated_at)"
                      " VALUES ('job_1', 'evt-1', 'queued', '{}', 0, 0)")

@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 
 from fulfiller.store import sqlite as sqlite_store
-from fulfiller.store.sql import Ingest, migrations
+from fulfiller.store.ingest import Ingest
+from fulfiller.store.schema import apply_migrations, migrations
 from fulfiller.store.sqlite import SQLITE, SQLiteStore
 from store.builders import requested
 
 
 def test_every_connection_syncs_the_wal_at_each_commit(tmp_path: Path) -> None:
-    conn = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")._connect()
+    conn = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}").connect()
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -52,26 +53,26 @@ def test_a_large_batch_writes_no_temporary_file(tmp_path: Path) -> None:
     temporary file unless told to keep it in memory, and then every batch commit creates, writes and
     deletes a file besides the WAL."""
     store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
-    conn = store._connect()
+    conn = store.connect()
     try:
-        store._migrate(conn)
-        cur = conn.cursor()
+        store.migrate(conn)
         # Rows already stored: the journal keeps the pages a statement changes that existed before it.
         for prefix in ("old", "new"):
-            batch = [Ingest(store, requested(f"{prefix}_{n}")) for n in range(store.max_batch)]
+            batch = [Ingest(store.ingestion, requested(f"{prefix}_{n}")) for n in range(store.writer.max_batch - 1)]
             before = _open_temp_files()
-            cur.execute("BEGIN IMMEDIATE")
-            assert store._run_writes(cur, batch) == [True] * len(batch)
-            during = _open_temp_files()  # a spilled statement journal stays open until the transaction ends
-            cur.execute("COMMIT")
-            assert during == before, prefix
+            # The batch's last write runs after its ingests, in its transaction: a spilled statement
+            # journal stays open until the transaction ends.
+            used, results = store.writer.commit_batch(conn, [*batch, lambda cur: _open_temp_files()])
+            assert used is conn and results[:-1] == [True] * len(batch), results
+            assert results[-1] == before, prefix
     finally:
         conn.close()
 
 
 class _CommitsLandWhilePassiveCopies:
     """The checkpointer's connection, with commits landing during each of its PASSIVE checkpoints,
-    as they always do under steady intake: their transaction began before the copy ended.
+    as they always do under steady intake: their transaction began before the copy ended (each
+    PASSIVE runs as the last write of a batch the writer's connection commits).
 
     ``landing`` is how many batches land during each pass in turn (one each after those). It records
     the frames that landed during each pass, and the WAL index (``_wal_index``) when RESTART began."""
@@ -89,14 +90,15 @@ class _CommitsLandWhilePassiveCopies:
         if "PASSIVE" not in sql:
             return self.conn.execute(sql)
         before = _wal_index(self.store)[0]
-        cur = self.writer.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        for _ in range(self.landing.pop(0) if self.landing else 1):
-            self.store._run_writes(cur, _batch(self.store))
-        row = self.conn.execute(sql).fetchone()
-        cur.execute("COMMIT")
+        batch = [ingest for _ in range(self.landing.pop(0) if self.landing else 1) for ingest in _batch(self.store)]
+
+        def passive(cur: Any) -> Any:
+            return self.conn.execute(sql).fetchone()
+
+        used, results = self.store.writer.commit_batch(self.writer, [*batch, passive])
+        assert used is self.writer and results[:-1] == [True] * len(batch), results
         self.landed.append(_wal_index(self.store)[0] - before)
-        return SimpleNamespace(fetchone=lambda: row)
+        return SimpleNamespace(fetchone=lambda: results[-1])
 
 
 _batches = itertools.count()
@@ -104,7 +106,7 @@ _batches = itertools.count()
 
 def _batch(store: SQLiteStore) -> list[Ingest]:
     n = next(_batches)
-    return [Ingest(store, requested(f"{n}_{k}")) for k in range(8)]
+    return [Ingest(store.ingestion, requested(f"{n}_{k}")) for k in range(8)]
 
 
 @dataclass
@@ -118,16 +120,16 @@ class _Wal:
     database_fd: int
 
     def checkpoint(self, conn: Any = None) -> bool:
-        return self.store._checkpoint(conn or self.checkpointer, self.database_fd)
+        return self.store.checkpoint(conn or self.checkpointer, self.database_fd)
 
 
 @pytest.fixture
 def wal(tmp_path: Path) -> Iterator[_Wal]:
     store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
     store.restart_wal_frames = 64
-    writer = store._connect()
-    store._migrate(writer)
-    checkpointer = store._checkpoint_connection()
+    writer = store.connect()
+    store.migrate(writer)
+    checkpointer = store.checkpoint_connection()
     database_fd = os.open(store.path, os.O_RDONLY)
     yield _Wal(store, writer, checkpointer, database_fd)
     writer.close()
@@ -136,7 +138,7 @@ def wal(tmp_path: Path) -> Iterator[_Wal]:
 
 
 def _commit(store: SQLiteStore, writer: sqlite3.Connection) -> None:
-    _, results = store.commit_batch(writer, _batch(store))
+    _, results = store.writer.commit_batch(writer, _batch(store))
     assert results == [True] * 8
 
 
@@ -232,7 +234,7 @@ def test_the_checkpointer_does_not_keep_the_writer_waiting_on_a_reader(wal: _Wal
     """RESTART holds the write lock while it waits for readers, so it gives up after its own short
     wait, not the store's busy timeout, and starts the WAL over on a later try."""
     _grow_wal(wal.store, wal.writer)
-    reader = wal.store._connect()
+    reader = wal.store.connect()
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM events").fetchone()  # a snapshot the WAL must keep
@@ -249,11 +251,11 @@ def test_version_3_builds_jobs_again_without_the_unique_event_id_and_keeps_every
     """SQLite drops a constraint by building the table again; the jobs, their indexes and the attempts
     that reference them all survive it, and foreign keys are enforced again after."""
     store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
-    conn = store._connect()
+    conn = store.connect()
     try:
         cur = conn.cursor()
         cur.execute("BEGIN IMMEDIATE")  # the schema as version 2 left it, with jobs and their attempts
-        assert store._apply_migrations(conn, upto=2) == 2
+        assert apply_migrations(conn, SQLITE, upto=2) == 2
         for n in range(5):  # rows as that version's code wrote them (today's writes name later columns)
             cur.execute("INSERT INTO events (event_id, topic, received_at, body) VALUES (?, 'video.source_requested',"
                         " 0, '')", (f"evt-{n}",))
@@ -264,7 +266,7 @@ def test_version_3_builds_jobs_again_without_the_unique_event_id_and_keeps_every
         columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(jobs)"))
         jobs_before = conn.execute(f"SELECT {columns} FROM jobs ORDER BY id").fetchall()
 
-        store._migrate(conn)
+        store.migrate(conn)
 
         assert conn.execute(f"SELECT {columns} FROM jobs ORDER BY id").fetchall() == jobs_before
         indexes = {name: origin for _, name, _, origin, _ in conn.execute("PRAGMA index_list(jobs)")}

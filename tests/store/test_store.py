@@ -16,7 +16,7 @@ from fulfiller.intake.admission import Delivery, NotAnObject
 from fulfiller.jobs import Attempt, Status
 from fulfiller.store import Store, StoreUnavailable
 from fulfiller.store.base import Requeue, UnreadableJob
-from fulfiller.store.sql import migrations
+from fulfiller.store.schema import migrations
 from fulfiller.store.sqlite import SQLITE
 from store.builders import (
     FULFILLED,
@@ -73,7 +73,7 @@ async def test_a_body_is_stored_once(store: Store) -> None:
     """A request's body is its job's payload; the event row keeps the body only of events without a job."""
     request, other = requested("evt-req"), event("evt-other", "other.topic", {"a": 1})
     assert await store.ingest(request) and await store.ingest(other)
-    rows = await store._read(  # type: ignore[attr-defined]
+    rows = await store.read(  # type: ignore[attr-defined]
         lambda cur: cur.execute("SELECT e.event_id, e.body, j.payload FROM events e"
                                 " LEFT JOIN jobs j ON j.event_id = e.event_id ORDER BY e.event_id").fetchall())
     assert [tuple(r) for r in rows] == [("evt-other", other.body, None), ("evt-req", "", request.body)]
@@ -130,7 +130,7 @@ async def test_a_write_that_raises_spoils_no_neighbour(store: Store) -> None:
 
     goods = [requested(f"evt-{i}", code=f"HRT-{i}") for i in range(10)]
     results = await asyncio.gather(*(store.ingest(e) for e in goods[:5]),
-                                   store._write(broken),  # type: ignore[attr-defined]
+                                   store.writer.submit(broken),  # type: ignore[attr-defined]
                                    *(store.ingest(e) for e in goods[5:]), return_exceptions=True)
     assert isinstance(results[5], RuntimeError)
     assert results[:5] + results[6:] == [True] * 10
@@ -336,7 +336,7 @@ async def _insert_job(store: Store, **columns: Any) -> str:
     event_id = f"evt-{uuid.uuid4().hex}"
     assert await store.ingest(event(event_id, "other.topic", {}))
     job_id, sql, values = job_row(event_id, **columns)
-    await store._write(lambda cur: store._x(cur, sql, values))  # type: ignore[attr-defined]
+    await store.writer.submit(lambda cur: store.dialect.execute(cur, sql, values))  # type: ignore[attr-defined]
     return job_id
 
 
@@ -504,7 +504,7 @@ async def test_migrations_are_idempotent(make_store: Any, store_url: str) -> Non
         loaded = await again.get_job(job.id)
         assert loaded is not None and loaded.event_id == "evt-1"
         assert await again.ingest(requested("evt-1")) is False
-        versions = await again._read(  # type: ignore[attr-defined]
+        versions = await again.read(  # type: ignore[attr-defined]
             lambda cur: cur.execute("SELECT count(*), max(version) FROM fulfiller_schema").fetchone())
         latest = len(migrations(SQLITE))
         assert tuple(versions) == (latest, latest)  # each version applied once

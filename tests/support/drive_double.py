@@ -213,7 +213,6 @@ class Item:
     target_id: str | None = None
     # Published in place of the true checksums: a wrong value, or None for "Drive lists none".
     checksum_overrides: dict[str, str | None] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # content on disk, served in place of ``data`` (never read into memory)
     digests: tuple[int, str, str] | None = None  # size, md5, sha256 of ``path``, computed once
 
@@ -237,7 +236,6 @@ class Item:
             "parents": list(self.parents),
             "trashed": self.trashed,
             "modifiedTime": self.modified_time,
-            **self.extra,
         }
         if self.drive_id:
             r["driveId"] = self.drive_id
@@ -452,10 +450,8 @@ class DriveDouble:
         mime_type: str = "application/octet-stream",
         trashed: bool = False,
         modified_time: str | None = None,
-        metadata: dict[str, Any] | None = None,
     ) -> str:
-        """A binary file, its bytes given as ``data`` or as a file at ``path``; ``metadata`` adds resource keys
-        such as videoMediaMetadata.
+        """A binary file, its bytes given as ``data`` or as a file at ``path``.
 
         A ``path`` is hashed once here and streamed from disk on each download, so a
         master of any size (the benchmark's gigabyte) never sits in the double's memory.
@@ -463,7 +459,7 @@ class DriveDouble:
         if (data is None) == (path is None):
             raise ValueError("give exactly one of data or path")
         content: dict[str, Any] = {"data": data} if path is None else {"path": path, "digests": _file_digests(path)}
-        return self._add(name, mime_type, parent, modified_time, trashed=trashed, extra=metadata or {}, **content)
+        return self._add(name, mime_type, parent, modified_time, trashed=trashed, **content)
 
     def add_google_doc(self, name: str, parent: str) -> str:
         """A Google-native document: no size, no md5, not downloadable."""

@@ -1,9 +1,11 @@
 """What every catalog of masters offers the engine.
 
-A catalog answers three questions: which files could be the master for these
-coordinates (``find``, size known before any download), what are its bytes
-(``stream``, resumable from an offset), and what are a few of its bytes
-(``read_range``, for header checks without downloading it all).
+A catalog answers two questions: which files could be the master for these
+coordinates (``find``, size known before any download), and what are its bytes
+(``stream``, resumable from an offset). A failure is reported as CatalogError
+(retrying will not help) or CatalogUnavailable (it may): the catalog does not
+back off and try again itself; the engine decides whether and when to, within
+the job's deadline.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import string
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -21,7 +23,15 @@ class CatalogError(Exception):
 
 
 class CatalogUnavailable(Exception):
-    """A transient failure (outage, throttling, cut connection): retry within the deadline."""
+    """A transient failure (outage, throttling, cut connection): retry within the deadline.
+
+    ``retry_after`` is the pause in seconds the backend asked for (an HTTP
+    Retry-After), when it named one: the retry waits at least that long.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,9 @@ class Master:
     ref: str = ""  # backend handle: file path, S3 key, Drive file id
     md5: str | None = None  # lowercase hex, when the store publishes a trustworthy one
     sha256: str | None = None  # lowercase hex, likewise; the upload checks it on the hash it computes anyway
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The catalog's version tag of the object (S3's ETag), when it has one: its streams ask for this version
+    # only, so an object replaced after it was found is refused mid-job rather than spliced into an upload.
+    version: str | None = None
 
 
 # The longest name a file system (ext4, APFS, NTFS) or a synced Drive folder holds, in UTF-8 bytes.
@@ -118,10 +130,6 @@ class Catalog(ABC):
     @abstractmethod
     def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         """The master's bytes from offset ``start`` to the end, in chunks of about ``chunk_size``."""
-
-    @abstractmethod
-    async def read_range(self, master: Master, start: int, length: int) -> bytes:
-        """Up to ``length`` bytes from offset ``start`` (fewer at the end of the file)."""
 
     async def probe(self) -> str:
         """Reach the catalog once to prove configuration and credentials; a short description."""

@@ -86,13 +86,6 @@ class LocalCatalog(Catalog):
         finally:
             await asyncio.to_thread(f.close)
 
-    async def read_range(self, master: Master, start: int, length: int) -> bytes:
-        def read() -> bytes:
-            with self._open(master, start) as f:
-                return self._read(master, f, length)
-
-        return await asyncio.to_thread(read) if length > 0 else b""
-
     def _open(self, master: Master, start: int) -> BinaryIO:
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")

@@ -54,7 +54,9 @@ class S3Catalog(Catalog):
     def from_config(cls, name: str, cfg: S3CatalogConfig) -> S3Catalog:
         """The catalog ``cfg`` describes; credentials come from the usual AWS chain."""
         config = Config(
-            retries={"mode": "standard"},
+            # One try per call: the engine retries a CatalogUnavailable with its own backoff, within the
+            # job's deadline, so throttling is not retried inside a retry.
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=MAX_POOL_CONNECTIONS,
             connect_timeout=10,
             read_timeout=60,
@@ -100,11 +102,11 @@ class S3Catalog(Catalog):
             ref=key,
             # A multipart ETag ("<hex>-<parts>") is not the object's MD5.
             md5=etag if _MD5_HEX.fullmatch(etag) else None,
-            metadata={"etag": etag},
+            version=etag or None,
         )
 
     async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
-        body = await self._get(master, start, None)
+        body = await self._get(master, start)
         if body is None:
             return
         try:
@@ -113,28 +115,17 @@ class S3Catalog(Catalog):
         finally:
             await asyncio.to_thread(body.close)
 
-    async def read_range(self, master: Master, start: int, length: int) -> bytes:
-        if length <= 0:
-            return b""
-        body = await self._get(master, start, start + length - 1)
-        if body is None:
-            return b""
-        try:
-            return await self._call(f"read {master.object}", body.read)
-        finally:
-            await asyncio.to_thread(body.close)
-
-    async def _get(self, master: Master, start: int, end: int | None) -> Any:
-        """The object's StreamingBody from ``start`` to ``end`` (inclusive), None when ``start`` is past the end."""
+    async def _get(self, master: Master, start: int) -> Any:
+        """The object's StreamingBody from ``start`` to its end, None when ``start`` is past the end."""
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": master.ref}
-        if start or end is not None:
+        if start:
             # A plain GET for the whole object: "bytes=0-" is a 416 on an empty one.
-            kwargs["Range"] = f"bytes={start}-{'' if end is None else end}"
-        if etag := master.metadata.get("etag"):
+            kwargs["Range"] = f"bytes={start}-"
+        if master.version:
             # Never splice bytes of a replaced object onto a resumed upload.
-            kwargs["IfMatch"] = f'"{etag}"'
+            kwargs["IfMatch"] = f'"{master.version}"'
         try:
             response = await self._call(f"get {master.object}", self._client.get_object, **kwargs)
         except CatalogError as exc:

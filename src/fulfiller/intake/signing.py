@@ -31,8 +31,6 @@ __all__ = [
     "Verifier",
     "sign_outpost",
     "sign_standard",
-    "verify_outpost",
-    "verify_standard",
 ]
 
 _HEX = frozenset("0123456789abcdef")
@@ -174,26 +172,6 @@ def _verify_outpost_keys(
         raise SignatureError("no signature matches")
 
 
-def verify_outpost(
-    body: bytes,
-    headers: Mapping[str, str],
-    secrets: Sequence[str],
-    *,
-    prefix: str = "x-outpost-",
-    tolerance_s: int = 300,
-    now: float | None = None,
-    require_timestamp: bool = False,
-) -> None:
-    """Check ``{prefix}signature`` as Outpost's default mode produces it; raise ``SignatureError`` if not valid.
-
-    ``headers`` is read with lowercase names (Starlette's ``Headers`` is case-insensitive).
-    The ``t=`` form is checked against ``tolerance_s``; the plain form carries no time, and is
-    refused when ``require_timestamp`` is set.
-    """
-    header = headers.get(f"{prefix.strip().lower()}signature")
-    _verify_outpost_keys(body, header, _outpost_keys(secrets), tolerance_s, now, require_timestamp)
-
-
 def sign_outpost(body: bytes, secrets: Sequence[str], *, timestamp: int | None = None) -> str:
     """The ``{prefix}signature`` value Outpost would send (current secret first). For tests and the CLI."""
     keys = _outpost_keys(secrets)
@@ -251,25 +229,6 @@ def _verify_standard_keys(
     if not _any_matches(candidates, [_mac(k, content) for k in keys]):
         raise SignatureError("no signature matches")
     return msg_id
-
-
-def verify_standard(
-    body: bytes,
-    headers: Mapping[str, str],
-    secrets: Sequence[str],
-    *,
-    prefix: str = "webhook-",
-    tolerance_s: int = 300,
-    now: float | None = None,
-) -> str:
-    """Check a Standard Webhooks request; return its ``{prefix}id`` (Outpost's event id).
-
-    ``prefix`` is ``webhook-`` per the spec; Outpost lets the operator change it
-    and then renames all three headers. A secret that is not base64 raises
-    ``ValueError`` (bad configuration), not ``SignatureError``.
-    """
-    keys = _standard_keys(secrets)
-    return _verify_standard_keys(body, headers, keys, prefix.strip().lower(), tolerance_s, now)
 
 
 def sign_standard(

@@ -63,6 +63,11 @@ class IngestProcess:
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The child last started (None before the first use, and after ``close``); it may have exited since."""
+        return self._proc
+
     async def accept(self, delivery: Delivery) -> bool:
         """True when the child committed the delivery, False for a duplicate id; NotAnObject or
         StoreUnavailable when it refused it."""

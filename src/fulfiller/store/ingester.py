@@ -10,7 +10,7 @@ delivery's Python work after the HTTP server's own.
 
 The contract does not change: a delivery is acked only after the child says the
 commit holding it is done. The child commits whatever has arrived as one batch
-(the same group commit the writer thread does, ``SqlStore.commit_batch``), so while
+(the same group commit the writer thread does, ``Writer.commit_batch``), so while
 one commit waits on fsync the next batch queues in the pipe.
 
 This module is the child (``python -m fulfiller.store.ingester``); the server's side,
@@ -37,8 +37,8 @@ from typing import Any
 
 from fulfiller.intake.admission import Delivery, NotAnObject, admit, log_taken
 from fulfiller.logs import setup_logging
+from fulfiller.store.ingest import Ingest, Ingestion
 from fulfiller.store.ingest_wire import BAD_BODY, UNAVAILABLE, Frames, frame, from_wire
-from fulfiller.store.sql import Ingest, SqlStore
 from fulfiller.store.sqlite import SQLiteStore
 
 log = logging.getLogger("fulfiller.store.ingester")
@@ -64,13 +64,13 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
     conn = None
     try:
         while data := os.read(inbox_fd, _READ_SIZE):
-            batch = [_admit(store, *from_wire(message)) for message in frames.feed(data)]
+            batch = [_admit(store.ingestion, *from_wire(message)) for message in frames.feed(data)]
             verdicts = [(seq, item) for seq, item in batch if not isinstance(item, Ingest)]
             ingests = [(seq, item) for seq, item in batch if isinstance(item, Ingest)]
             taken: list[tuple[Ingest, bool]] = []
-            for start in range(0, len(ingests), store.max_batch):
-                chunk = ingests[start:start + store.max_batch]
-                conn, results = store.commit_batch(conn, [ingest for _, ingest in chunk])
+            for start in range(0, len(ingests), store.writer.max_batch):
+                chunk = ingests[start:start + store.writer.max_batch]
+                conn, results = store.writer.commit_batch(conn, [ingest for _, ingest in chunk])
                 for (seq, ingest), result in zip(chunk, results):
                     if isinstance(result, bool):
                         taken.append((ingest, result))
@@ -86,10 +86,10 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
             conn.close()
 
 
-def _admit(store: SqlStore, seq: int, delivery: Delivery) -> tuple[int, Any]:
+def _admit(ingestion: Ingestion, seq: int, delivery: Delivery) -> tuple[int, Any]:
     """``(seq, Ingest)`` to commit, or ``(seq, verdict)`` when the delivery is refused already."""
     try:
-        return seq, Ingest(store, admit(delivery))
+        return seq, Ingest(ingestion, admit(delivery))
     except NotAnObject as exc:
         return seq, (BAD_BODY, str(exc))
     except Exception as exc:  # a bug: refused retryably, and reported, not the end of the process

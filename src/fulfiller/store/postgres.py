@@ -1,11 +1,11 @@
 """PostgreSQL backend: the state a fleet of receivers and workers shares.
 
-Writes keep SqlStore's shape (one writer thread per process, group commit,
-one failing write never spoils its neighbours). What PostgreSQL adds:
+Writes keep the writer's shape (``writer.Writer``: one writer thread per process,
+group commit, one failing write never spoils its neighbours). What PostgreSQL adds:
 
 * A batch first runs without savepoints (half the round trips: each one costs
   the writer thread the GIL twice); only when a write fails does it run again
-  with SqlStore's savepoint per write.
+  with the writer's savepoint per write.
 * Replicas that start together apply migrations one at a time, under an
   advisory lock.
 * Claims use ``FOR UPDATE SKIP LOCKED``, so workers in many processes pass
@@ -43,7 +43,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from fulfiller.store.base import StoreUnavailable
-from fulfiller.store.sql import Dialect, Ingest, SqlStore
+from fulfiller.store.ingest import Ingest
+from fulfiller.store.schema import Dialect, apply_migrations
+from fulfiller.store.sql import SqlStore
+from fulfiller.store.writer import Write, Writer
 
 log = logging.getLogger("fulfiller.store.postgres")
 
@@ -87,14 +90,11 @@ class PostgresStore(SqlStore):
     """State in one PostgreSQL database, shared by any number of processes."""
 
     dialect = POSTGRES
+    writer: PostgresWriter
     pool_max = 4  # reader connections per process (admin pages, metrics)
     read_timeout_s = 10.0  # wait for a reader connection before giving up (503-ish for reads)
     pool_reconnect_s = 2.0  # how long the readers' pool keeps retrying one connection in the background
     listen_check_s = 15.0  # how often an idle LISTEN connection proves it is alive
-    batch_retries = 5  # deadlock / serialization failures: run the batch again this many times
-    # A batch runs its ingests one by one, in event-id order, each under _guard (see _run_batch);
-    # each costs a round trip, but lock order across receivers is what keeps them from deadlocking.
-    bulk_ingest = False
 
     def __init__(self, url: str):
         super().__init__()
@@ -113,7 +113,6 @@ class PostgresStore(SqlStore):
         self._listener: threading.Thread | None = None
         self._stop_listening = threading.Event()
         self.listening = threading.Event()  # set while a LISTEN connection is up (health, tests)
-        self._notify_pending = False  # the writer thread's batch queued work (see _queued)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.display_url!r})"
@@ -123,7 +122,7 @@ class PostgresStore(SqlStore):
 
     # -- connections ------------------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def connect(self) -> psycopg.Connection[Any]:
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True)
         except Exception as exc:
@@ -157,13 +156,16 @@ class PostgresStore(SqlStore):
         )
         self._pool.open(wait=False)  # the writer just proved the database answers; readers fill in behind
 
-    def _migrate(self, conn: Any) -> None:
+    def _new_writer(self) -> PostgresWriter:
+        return PostgresWriter(self.connect, self._redact)
+
+    def migrate(self, conn: Any) -> None:
         # Replicas start together: one applies the migrations, the others wait, then find nothing to do.
         conn.execute("SET statement_timeout = 0")
         conn.execute("BEGIN")
         try:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            self._apply_migrations(conn)
+            apply_migrations(conn, POSTGRES)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -192,7 +194,98 @@ class PostgresStore(SqlStore):
         except Exception as exc:
             raise StoreUnavailable(f"store read failed: {type(exc).__name__}: {self._redact(str(exc))}") from None
 
-    def _run_batch(self, conn: Any, fns: list[Callable[[Any], Any]]) -> list[Any]:
+    async def close(self) -> None:
+        await super().close()
+        self._stop_listening.set()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.join)
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.close, 5.0)
+
+    # -- LISTEN / NOTIFY ----------------------------------------------------------------
+
+    def _queued(self) -> None:
+        self.writer.notify_at_commit()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        # Only processes that run workers listen: a receiver never calls this.
+        if self._listener is None and not self._stop_listening.is_set():
+            self._listener = threading.Thread(target=self._listen_loop, name="store-listener", daemon=True)
+            self._listener.start()
+        await super().wait_for_work(timeout)
+
+    def _wake_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _listen_loop(self) -> None:
+        backoff = 0.1
+        failing = False
+        while not self._stop_listening.is_set():
+            conn = None
+            try:
+                conn = self.connect()
+                conn.execute(f"LISTEN {CHANNEL}")
+                if failing:
+                    log.info("listening for queued work again")
+                failing = False
+                backoff = 0.1
+                # Work queued while we were not listening sent its notification to nobody.
+                self._wake_threadsafe()
+                self.listening.set()
+                last_check = time.monotonic()
+                while not self._stop_listening.is_set():
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        self._wake_threadsafe()
+                    if time.monotonic() - last_check > self.listen_check_s:
+                        conn.execute("SELECT 1")  # a dead connection delivers nothing and says nothing
+                        last_check = time.monotonic()
+            except Exception as exc:
+                if not self._stop_listening.is_set() and not failing:
+                    log.warning("lost the LISTEN connection (%s); polling until it is back",
+                                self._redact(f"{type(exc).__name__}: {exc}"))
+                failing = True
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+            if self._stop_listening.wait(backoff):
+                break
+            backoff = min(backoff * 2, 5.0)
+
+
+class PostgresWriter(Writer):
+    """The writer, with what PostgreSQL adds: a batch's ingests in event-id order, a batch that lost a
+    deadlock run again, database errors as StoreUnavailable (redacted), and one NOTIFY per batch that
+    queued work.
+
+    It takes no ``run_writes``: a batch runs its ingests one by one, each under ``_guard``; each costs
+    a round trip, but lock order across receivers is what keeps them from deadlocking.
+    """
+
+    batch_retries = 5  # deadlock / serialization failures: run the batch again this many times
+
+    def __init__(self, connect: Callable[[], Any], redact: Callable[[str], str]) -> None:
+        super().__init__(connect, POSTGRES)
+        self._redact = redact
+        self._notify_pending = False  # the running batch queued work (see notify_at_commit)
+
+    def notify_at_commit(self) -> None:
+        """Called by a write that queued work: the batch sends one NOTIFY before it commits (see
+        _before_commit), and PostgreSQL delivers it when, and only if, the transaction commits."""
+        self._notify_pending = True
+
+    def _run_batch(self, conn: Any, fns: list[Write]) -> list[Any]:
         # Receivers given the same events (a sender retries against any replica) insert the
         # same rows; a batch that inserts its events in event-id order takes those row locks
         # in the same order as every other batch, so two batches never wait on each other
@@ -240,10 +333,10 @@ class PostgresStore(SqlStore):
         if isinstance(exc, _DatabaseError) and exc.sqlstate[:2] in ("08", "57"):
             raise exc  # connection lost, statement timeout, shutdown: not one write's fault
 
-    def _guard(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def _guard(self, fn: Write) -> Write:
         """``fn`` whose database errors reach its caller as StoreUnavailable, never raw.
 
-        SqlStore rolls a failing write back to its savepoint and hands the error to
+        The writer rolls a failing write back to its savepoint and hands the error to
         its caller alone: a constraint violation, a value PostgreSQL refuses (a NUL in
         text), a statement timeout. Callers (the receiver's 503, the worker's loop)
         expect StoreUnavailable for all of them. A transaction-rollback error is
@@ -261,77 +354,6 @@ class PostgresStore(SqlStore):
 
         return op
 
-    async def close(self) -> None:
-        await super().close()
-        self._stop_listening.set()
-        if self._listener is not None:
-            await asyncio.to_thread(self._listener.join)
-            self._listener = None
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.close, 5.0)
-
-    # -- LISTEN / NOTIFY ----------------------------------------------------------------
-
-    def _queued(self, cur: Any) -> None:
-        # The batch sends one NOTIFY before it commits (see _before_commit); PostgreSQL delivers
-        # it when, and only if, the transaction commits.
-        self._notify_pending = True
-
-    async def wait_for_work(self, timeout: float) -> None:
-        # Only processes that run workers listen: a receiver never calls this.
-        if self._listener is None and not self._stop_listening.is_set():
-            self._listener = threading.Thread(target=self._listen_loop, name="store-listener", daemon=True)
-            self._listener.start()
-        await super().wait_for_work(timeout)
-
-    def _wake_threadsafe(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-    def _listen_loop(self) -> None:
-        backoff = 0.1
-        failing = False
-        while not self._stop_listening.is_set():
-            conn = None
-            try:
-                conn = self._connect()
-                conn.execute(f"LISTEN {CHANNEL}")
-                if failing:
-                    log.info("listening for queued work again")
-                failing = False
-                backoff = 0.1
-                # Work queued while we were not listening sent its notification to nobody.
-                self._wake_threadsafe()
-                self.listening.set()
-                last_check = time.monotonic()
-                while not self._stop_listening.is_set():
-                    for _ in conn.notifies(timeout=0.5, stop_after=1):
-                        self._wake_threadsafe()
-                    if time.monotonic() - last_check > self.listen_check_s:
-                        conn.execute("SELECT 1")  # a dead connection delivers nothing and says nothing
-                        last_check = time.monotonic()
-            except Exception as exc:
-                if not self._stop_listening.is_set() and not failing:
-                    log.warning("lost the LISTEN connection (%s); polling until it is back",
-                                self._redact(f"{type(exc).__name__}: {exc}"))
-                failing = True
-            finally:
-                self.listening.clear()
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
-            if self._stop_listening.wait(backoff):
-                break
-            backoff = min(backoff * 2, 5.0)
-
 
 class _DatabaseError(StoreUnavailable):
     """A write's database error, as callers see it, keeping its SQLSTATE for the batch to judge."""
@@ -342,7 +364,7 @@ class _DatabaseError(StoreUnavailable):
 
 
 class _RetryBatch(BaseException):
-    """Raised through SqlStore's per-write handling (it catches Exception) to abort the whole batch."""
+    """Raised through the writer's per-write handling (it catches Exception) to abort the whole batch."""
 
     def __init__(self, reason: str):
         super().__init__(reason)

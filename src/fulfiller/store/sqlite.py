@@ -8,7 +8,7 @@ Checkpoints (copying the WAL back into the database file, and its fsync) run in
 a thread of their own: left to SQLite, every thousandth page written makes one
 commit do it, and every write waiting on that commit waits for the copy and its
 sync. The thread also starts the WAL over once it is long (see
-``SQLiteStore._checkpoint``).
+``SQLiteStore.checkpoint``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from urllib.parse import parse_qs, urlsplit
 from fulfiller.events import SOURCE_REQUESTED
 from fulfiller.intake.admission import Delivery
 from fulfiller.store.ingest_client import IngestProcess
-from fulfiller.store.sql import Dialect, SqlStore
+from fulfiller.store.schema import Dialect, apply_migrations
+from fulfiller.store.sql import SqlStore
+from fulfiller.store.writer import Writer
 
 log = logging.getLogger("fulfiller.store.sqlite")
 
@@ -66,9 +68,9 @@ class SQLiteStore(SqlStore):
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._database_fd: int | None = None
-        self._ingester = IngestProcess(url)
+        self.ingester = IngestProcess(url)  # commits the receiver's deliveries (see accept)
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000,
@@ -85,6 +87,10 @@ class SQLiteStore(SqlStore):
         conn.execute(f"PRAGMA wal_autocheckpoint = {self.fallback_checkpoint_pages}")
         return conn
 
+    def _new_writer(self) -> Writer:
+        return Writer(self.connect, SQLITE, run_writes=self.ingestion.run_writes,
+                      integrity_errors=(sqlite3.IntegrityError,))
+
     async def open(self) -> None:
         await super().open()
         self._stop_checkpoints.clear()
@@ -98,13 +104,13 @@ class SQLiteStore(SqlStore):
 
     def _ingester_serves(self) -> bool:
         """The child serves the loop it started on; a caller on another loop (a test, a CLI) uses the thread."""
-        loop = self._ingester.loop
+        loop = self.ingester.loop
         return loop is None or loop is asyncio.get_running_loop()
 
     async def accept(self, delivery: Delivery) -> bool:
         if not self._ingester_serves():
             return await super().accept(delivery)
-        stored = await self._ingester.accept(delivery)
+        stored = await self.ingester.accept(delivery)
         if stored and delivery.topic == SOURCE_REQUESTED:
             self._wake()  # a new job (or an invalid one: a worker that wakes for nothing just sleeps again)
         return stored
@@ -112,15 +118,15 @@ class SQLiteStore(SqlStore):
     async def ping(self) -> None:
         await super().ping()
         if self._ingester_serves():
-            await self._ingester.ensure_running()
+            await self.ingester.ensure_running()
 
     def _checkpoint_loop(self, database_fd: int) -> None:
         """Checkpoint every ``checkpoint_every_s``, beside the writers, until the store closes."""
         conn = None
         while not self._stop_checkpoints.wait(self.checkpoint_every_s):
             try:
-                conn = conn or self._checkpoint_connection()
-                self._checkpoint(conn, database_fd)
+                conn = conn or self.checkpoint_connection()
+                self.checkpoint(conn, database_fd)
             except (sqlite3.Error, OSError) as exc:  # tried next time; meanwhile the writer's fallback bounds the WAL
                 log.warning("WAL checkpoint failed: %s", exc)
                 if conn is not None:
@@ -129,12 +135,13 @@ class SQLiteStore(SqlStore):
         if conn is not None:
             conn.close()
 
-    def _checkpoint_connection(self) -> sqlite3.Connection:
-        conn = self._connect()
+    def checkpoint_connection(self) -> sqlite3.Connection:
+        """A connection for ``checkpoint``: it waits at most ``restart_wait_ms`` for a lock."""
+        conn = self.connect()
         conn.execute(f"PRAGMA busy_timeout = {self.restart_wait_ms}")
         return conn
 
-    def _checkpoint(self, conn: sqlite3.Connection, database_fd: int) -> bool:
+    def checkpoint(self, conn: sqlite3.Connection, database_fd: int) -> bool:
         """Copy committed WAL pages into the database file; once the WAL is ``restart_wal_frames`` long,
         also make the next commit write it from the start again. True when it did.
 
@@ -158,7 +165,7 @@ class SQLiteStore(SqlStore):
         busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         return not busy
 
-    def _migrate(self, conn: Any) -> None:
+    def migrate(self, conn: Any) -> None:
         # A migration may build a table again (SQLite's way to drop a constraint), and dropping the old
         # one with foreign keys on would delete, or refuse, the rows that reference it. Foreign keys are
         # off while migrating (the pragma is ignored inside a transaction) and checked before commit.
@@ -166,7 +173,7 @@ class SQLiteStore(SqlStore):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                applied = self._apply_migrations(conn)
+                applied = apply_migrations(conn, SQLITE)
                 # The check reads every row: only after a migration, not at every start.
                 broken = conn.execute("PRAGMA foreign_key_check").fetchone() if applied else None
                 if broken is not None:
@@ -178,21 +185,18 @@ class SQLiteStore(SqlStore):
         finally:
             conn.execute("PRAGMA foreign_keys = ON")
 
-    def _integrity_errors(self) -> tuple[type[BaseException], ...]:
-        return (sqlite3.IntegrityError,)
-
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._connect()
+            conn = self.connect()
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
         yield conn
 
     async def close(self) -> None:
-        await self._ingester.close()
+        await self.ingester.close()
         self._stop_checkpoints.set()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)

@@ -1,0 +1,172 @@
+"""The database's tables and how they came to be: the migrations, in order, and what differs between the SQL
+databases the store speaks.
+
+A database records the versions it has (``fulfiller_schema``); ``apply_migrations`` adds the ones it lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL databases we speak."""
+
+    name: str  # "sqlite" or "postgresql": for the few migrations whose SQL differs
+    placeholder: str  # "?" or "%s"
+    serial_pk: str  # an auto-increment primary key column type
+    begin: str  # a write transaction that takes the write lock at once
+    skip_locked: str  # claim suffix so concurrent claimers pass over each other's rows
+
+    def q(self, sql: str) -> str:
+        """``sql``, written with ``?`` placeholders, in this dialect's."""
+        return sql.replace("?", self.placeholder) if self.placeholder != "?" else sql
+
+    def execute(self, cur: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run ``sql`` (written with ``?`` placeholders) on ``cur``; the cursor, to fetch from."""
+        cur.execute(self.q(sql), params)
+        return cur
+
+
+def migrations(d: Dialect) -> list[list[str]]:
+    """Schema versions in order; version N is ``migrations()[N-1]``."""
+    first = [  # version 1, its text as it ran (version 3 builds the jobs table again from it)
+            """CREATE TABLE events (
+                event_id TEXT PRIMARY KEY,
+                topic TEXT NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                body TEXT NOT NULL,
+                note TEXT,
+                lc_status TEXT,
+                lc_storage_key TEXT,
+                lc_coords TEXT,
+                lc_aspect TEXT,
+                lc_reason TEXT,
+                applied_job TEXT
+            )""",
+            "CREATE INDEX events_pending_lc ON events (lc_status, applied_job)",
+            """CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                event_id TEXT NOT NULL UNIQUE REFERENCES events (event_id),
+                status TEXT NOT NULL,
+                request_kind TEXT,
+                payload TEXT NOT NULL,
+                storage_key TEXT,
+                project_id TEXT,
+                code TEXT,
+                variation BIGINT,
+                locale TEXT,
+                expires_at DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                chosen_aspect TEXT,
+                extension TEXT,
+                content_type TEXT,
+                content_hash TEXT,
+                bytes BIGINT,
+                skip_reason TEXT,
+                error TEXT,
+                lifecycle_reason TEXT,
+                source TEXT,
+                runs INTEGER NOT NULL DEFAULT 0,
+                lease_owner TEXT,
+                lease_until DOUBLE PRECISION,
+                not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+                skip_requested TEXT
+            )""",
+            "CREATE INDEX jobs_runnable ON jobs (status, not_before)",
+            "CREATE INDEX jobs_created ON jobs (created_at)",
+            "CREATE INDEX jobs_storage_key ON jobs (storage_key)",
+            "CREATE INDEX jobs_coords ON jobs (project_id, code, variation, locale)",
+            f"""CREATE TABLE attempts (
+                id {d.serial_pk},
+                job_id TEXT NOT NULL REFERENCES jobs (id),
+                step TEXT NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                duration_ms DOUBLE PRECISION NOT NULL,
+                http_status INTEGER,
+                error TEXT,
+                detail TEXT
+            )""",
+            "CREATE INDEX attempts_job ON attempts (job_id, id)",
+            # Every new job looks for a lifecycle event that arrived before it. Without these
+            # (small, partial) indexes that lookup scanned the whole events table on every ingest.
+            "CREATE INDEX events_lc_early_key ON events (lc_storage_key, received_at)"
+            " WHERE lc_status IS NOT NULL AND applied_job IS NULL",
+            "CREATE INDEX events_lc_early_coords ON events (lc_coords, received_at)"
+            " WHERE lc_status IS NOT NULL AND applied_job IS NULL",
+    ]
+    return [
+        first,
+        [
+            # The partial indexes above hold exactly the pending lifecycle events, so "is any pending?"
+            # reads one of them; this index only cost every stored event one more insert.
+            "DROP INDEX IF EXISTS events_pending_lc",
+        ],
+        # jobs.event_id need not be unique in the schema: a job is inserted only with its event, in one
+        # transaction, and events.event_id is the key that refuses a duplicate. The index was never read,
+        # and with a publisher's random event ids every new job wrote a page of it somewhere else.
+        _rebuild_jobs_without_unique_event_id(first) if d.name == "sqlite"
+        else ["ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_event_id_key"],
+        [
+            # The wait token identifies a request whatever its (unsigned) event id: completeCallbackUrl,
+            # or its SHA-256 when long (intake.wait_token_key), so that no URL can exceed an index row.
+            "ALTER TABLE jobs ADD COLUMN callback_key TEXT",
+            "CREATE UNIQUE INDEX jobs_callback_key ON jobs (callback_key)",
+            # How often a worker died (or lost its lease) holding the job: a job that keeps taking
+            # workers down is failed instead of claimed again.
+            "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+            # Three fields of up to 1 KiB each (and the variation) exceed PostgreSQL's B-tree row limit
+            # (~2.7 KB); the project id adds nothing to the code's selectivity.
+            "DROP INDEX jobs_coords",
+            "CREATE INDEX jobs_coords ON jobs (code, variation, locale)",
+        ],
+    ]
+
+
+def _rebuild_jobs_without_unique_event_id(first: list[str]) -> list[str]:
+    """SQLite cannot drop a column constraint: the table is built again (its "12-step" ALTER TABLE), from
+    the statements that built it first, minus the constraint. The store runs it with foreign keys off."""
+    table = next(sql for sql in first if sql.startswith("CREATE TABLE jobs ("))
+    indexes = [sql for sql in first if sql.startswith("CREATE INDEX jobs_")]
+    return [
+        table.replace("CREATE TABLE jobs (", "CREATE TABLE jobs_rebuilt (")
+        .replace(" UNIQUE REFERENCES ", " REFERENCES "),
+        "INSERT INTO jobs_rebuilt SELECT * FROM jobs",
+        "DROP TABLE jobs",
+        "ALTER TABLE jobs_rebuilt RENAME TO jobs",
+        *indexes,
+    ]
+
+
+# The longest coordinates key stored as it is: events.lc_coords is in an index, whose rows have a size
+# limit (~2.7 KB on PostgreSQL); a longer one is stored as its digest.
+_COORDS_KEY_CHARS = 512
+
+
+def coords_key(project_id: str, code: str, variation: int, locale: str) -> str:
+    """The key a lifecycle event and a job share when they name the same coordinates: their JSON (ASCII),
+    or its SHA-256 when that is long."""
+    key = json.dumps([project_id, code, variation, locale])
+    return key if len(key) <= _COORDS_KEY_CHARS else "sha256:" + hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def apply_migrations(conn: Any, dialect: Dialect, upto: int | None = None) -> int:
+    """Apply the versions the database lacks (up to ``upto``, or all), in the caller's transaction; how many
+    it applied. The backends' ``migrate`` wraps it in their own transaction and locking."""
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE IF NOT EXISTS fulfiller_schema (version INTEGER NOT NULL)")
+    cur.execute("SELECT max(version) FROM fulfiller_schema")
+    current = cur.fetchone()[0] or 0
+    versions = migrations(dialect)[:upto]
+    for version, statements in enumerate(versions, start=1):
+        if version <= current:
+            continue
+        for sql in statements:
+            cur.execute(sql)
+        cur.execute(dialect.q("INSERT INTO fulfiller_schema (version) VALUES (?)"), (version,))
+    return max(0, len(versions) - current)
