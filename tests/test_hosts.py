@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from fulfiller import hosts
 from fulfiller.delivery.callback import callback_target
-from fulfiller.hosts import HostNotAllowed, Target, UnsafeUrl, check_url, parse_pattern, parse_target
 from fulfiller.delivery.transfer import upload_target
+from fulfiller.hosts import HostNotAllowed, Target, UnsafeUrl, check_url, parse_pattern, parse_target
 
 R2 = ["*.r2.cloudflarestorage.com"]
 

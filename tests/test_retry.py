@@ -12,8 +12,8 @@ import pytest
 
 from fulfiller import retry
 from fulfiller.delivery.callback import post_callback
-from fulfiller.retry import Transient, parse_retry_after, with_retries
 from fulfiller.delivery.transfer import Refused, transient_for
+from fulfiller.retry import Transient, parse_retry_after, with_retries
 
 
 class Flaky:

@@ -178,6 +178,12 @@ class Harness:
         assert claimed is not None and claimed.id == queued.id
         return claimed
 
+    async def ends(self, status: Status) -> Job:
+        """Run the usual request (HRT-1, 9x16) to its end, which must be ``status``; the job as stored."""
+        ran, stored = await self.run(await self.job(code="HRT-1", aspect="9x16"))
+        assert ran == status and stored.status == status
+        return stored
+
     async def run(self, job: Job) -> tuple[str, Job]:
         """Run ``job`` to its end; the status ``run`` returned and the job as stored."""
         status = await asyncio.wait_for(self.engine.run(job, OWNER), CASE_TIMEOUT_S)
@@ -438,11 +444,9 @@ async def test_a_catalog_outage_is_retried_after_its_retry_after(h: Harness, cap
 
 async def test_a_catalog_refusal_fails_the_job_with_nothing_sent(h: Harness) -> None:
     h.catalog.find_failures = [CatalogError("downloadQuotaExceeded")]
-    job = await h.job(code="HRT-1", aspect="9x16")
 
-    status, stored = await h.run(job)
+    stored = await h.ends(Status.FAILED)
 
-    assert status == Status.FAILED and stored.status == Status.FAILED
     assert stored.error == "catalog: downloadQuotaExceeded"
     assert steps(stored) == [("resolve", None)]  # not retried
     assert_nothing_sent(h)
@@ -493,36 +497,25 @@ async def test_upload_transient_then_success_completes_after_two_tries(h: Harnes
     assert len(h.peer.requests) == 1
 
 
-async def test_upload_size_mismatch_fails_as_master_unreadable(h: Harness) -> None:
-    h.uploader.script = [SizeMismatch("catalog gave 10 bytes more than its size")]
-    job = await h.job(code="HRT-1", aspect="9x16")
+@pytest.mark.parametrize("unreadable", [
+    SizeMismatch("catalog gave 10 bytes more than its size"),
+    ChecksumMismatch("SHA-256 of the bytes read differs from the catalog's"),
+])
+async def test_a_master_that_reads_wrong_fails_as_master_unreadable(h: Harness, unreadable: Exception) -> None:
+    h.uploader.script = [unreadable]
 
-    status, stored = await h.run(job)
+    stored = await h.ends(Status.FAILED)
 
-    assert status == Status.FAILED and stored.status == Status.FAILED
-    assert stored.error == "master unreadable: catalog gave 10 bytes more than its size"
+    assert stored.error == f"master unreadable: {unreadable}"
     assert steps(stored) == [("resolve", None), ("upload", None)]
-    assert h.peer.requests == []
-
-
-async def test_upload_checksum_mismatch_fails_as_master_unreadable(h: Harness) -> None:
-    h.uploader.script = [ChecksumMismatch("SHA-256 of the bytes read differs from the catalog's")]
-    job = await h.job(code="HRT-1", aspect="9x16")
-
-    status, stored = await h.run(job)
-
-    assert status == Status.FAILED and stored.status == Status.FAILED
-    assert stored.error == "master unreadable: SHA-256 of the bytes read differs from the catalog's"
-    assert len(h.uploader.puts) == 1 and h.peer.requests == []
+    assert len(h.uploader.puts) == 1 and h.peer.requests == []  # not retried
 
 
 async def test_an_unexpected_uploader_exception_fails_as_internal_error(h: Harness) -> None:
     h.uploader.script = [RuntimeError("boom")]
-    job = await h.job(code="HRT-1", aspect="9x16")
 
-    status, stored = await h.run(job)
+    stored = await h.ends(Status.FAILED)
 
-    assert status == Status.FAILED and stored.status == Status.FAILED
     assert stored.error == "internal error: RuntimeError: boom"
     assert steps(stored) == [("resolve", None), ("upload", None)]
     assert stored.attempts[-1].error == "RuntimeError: boom"

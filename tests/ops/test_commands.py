@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from fulfiller.intake.admission import plan
-from fulfiller.store.sqlite import SQLiteStore
 from fulfiller.ops.testevent import sample_event
+from fulfiller.store.sqlite import SQLiteStore
 from support.odd_jobs import ODD_ROWS, job_row
 
 
@@ -47,7 +47,7 @@ routes: [{{codes: ["*"], catalog: local}}]
         for name, body in (("live", _event("LIVE-1", 3600)), ("past", _event("PAST-1", -10)),
                            ("bad", {"projectId": "p"})):
             text = json.dumps(body)
-            await store.ingest(plan(f"evt-{name}", "video.source_requested", text, body, time.time()))
+            await store.ingest_event(plan(f"evt-{name}", "video.source_requested", text, body, time.time()))
         for job in await store.list_jobs():
             ids[{"LIVE-1": "live", "PAST-1": "past"}.get(job.code or "", "bad")] = job.id
         # Make the live job failed, as a worker would leave it, so a rerun has something to do.

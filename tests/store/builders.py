@@ -76,7 +76,7 @@ def lifecycle_body(*, key: str | None = None, code: str = "HRT-1", variation: in
 
 async def ingest_job(store: Store, event_id: str, now: float | None = None, **kwargs: Any) -> Job:
     ev = requested(event_id, now, **kwargs)
-    assert await store.ingest(ev) is True
+    assert await store.ingest_event(ev) is True
     assert ev.job is not None
     return ev.job
 

@@ -1,6 +1,6 @@
 """The Store contract under input a compromised or buggy sender can craft, on SQLite and a real PostgreSQL.
 
-Every delivery goes in as raw bytes through ``Store.accept`` (on SQLite: the ingest
+Every delivery goes in as raw bytes through ``Store.ingest`` (on SQLite: the ingest
 process), as the receiver hands it over. Nothing a signed body holds may become a
 store error (the receiver's 503, redelivered forever): NULs and lone surrogates,
 fields past an index row's size, dates past year 9999, and a wait token already held.
@@ -36,8 +36,8 @@ CJK = "".join(map(chr, range(0x4E00, 0x9FFF)))  # three bytes each in UTF-8, six
 INDEXED = ("storage_key", "project_id", "code", "locale")
 
 
-async def accept(store: Store, body: dict[str, Any], topic: str = REQUESTED, event_id: str | None = None) -> bool:
-    return await store.accept(Delivery(event_id or f"evt-{uuid.uuid4().hex}", topic, json.dumps(body).encode(),
+async def ingest(store: Store, body: dict[str, Any], topic: str = REQUESTED, event_id: str | None = None) -> bool:
+    return await store.ingest(Delivery(event_id or f"evt-{uuid.uuid4().hex}", topic, json.dumps(body).encode(),
                                        time.time()))
 
 
@@ -80,7 +80,7 @@ async def test_a_request_with_unstorable_fields_is_an_invalid_job_that_indexes_n
 ) -> None:
     body = request_body("HRT-1")
     mutate(body)
-    assert await accept(store, body, event_id="evt-hostile") is True
+    assert await ingest(store, body, event_id="evt-hostile") is True
     job = await job_of(store, "evt-hostile")
     assert job.status == Status.INVALID
     assert job.error is not None and field in job.error
@@ -92,7 +92,7 @@ async def test_a_request_with_unstorable_fields_is_an_invalid_job_that_indexes_n
 
 async def test_lifecycle_events_with_unstorable_locators_are_kept_and_change_nothing(store: Store) -> None:
     body = request_body("HRT-1")
-    assert await accept(store, body, event_id="evt-req") is True
+    assert await ingest(store, body, event_id="evt-req") is True
     coords = {"projectId": PROJECT, "creative": {"code": "HRT-1", "variation": 2, "locale": "en"}}
     for follow in (
         {"storageKey": LONG},
@@ -102,11 +102,11 @@ async def test_lifecycle_events_with_unstorable_locators_are_kept_and_change_not
         {**coords, "creative": {**coords["creative"], "locale": LONG}},
         {**coords, "projectId": "\ud800"},
     ):
-        assert await accept(store, follow, TIMEOUT) is True
+        assert await ingest(store, follow, TIMEOUT) is True
     assert (await job_of(store, "evt-req")).status == Status.QUEUED
     # An unusable storage key counts as absent: the coordinates still find the job, and an unusable reason
     # is dropped rather than stored.
-    assert await accept(store, {**coords, "storageKey": LONG, "reason": "r\x00"}, TIMEOUT) is True
+    assert await ingest(store, {**coords, "storageKey": LONG, "reason": "r\x00"}, TIMEOUT) is True
     job = await job_of(store, "evt-req")
     assert (job.status, job.lifecycle_reason) == (Status.TIMED_OUT, None)
 
@@ -115,18 +115,18 @@ async def test_long_coordinates_still_match_and_fit_every_index(store: Store) ->
     # Each field at the limit: their JSON together (non-ASCII escaped) is far past an index row's size.
     code, locale, project = noise(341, CJK), noise(340, CJK), noise(1024)
     lifecycle = {"projectId": project, "creative": {"code": code, "variation": 2, "locale": locale}}
-    assert await accept(store, lifecycle, TIMEOUT, "evt-early") is True  # before its request: kept, pending
+    assert await ingest(store, lifecycle, TIMEOUT, "evt-early") is True  # before its request: kept, pending
     request = request_body(code, locale=locale, key="k" * 1024)
     request["projectId"] = project
-    assert await accept(store, request, event_id="evt-req") is True
+    assert await ingest(store, request, event_id="evt-req") is True
     job = await job_of(store, "evt-req")
     assert (job.status, job.code, job.locale, job.project_id) == (Status.TIMED_OUT, code, locale, project)
     # And a follow-up after its request finds it the same way.
     second = request_body(code, locale=locale, variation=3, key="j" * 1024)
     second["projectId"] = project
-    assert await accept(store, second, event_id="evt-req-2") is True
+    assert await ingest(store, second, event_id="evt-req-2") is True
     lifecycle["creative"]["variation"] = 3
-    assert await accept(store, lifecycle, "video.source_fulfilled") is True
+    assert await ingest(store, lifecycle, "video.source_fulfilled") is True
     assert (await job_of(store, "evt-req-2")).status == Status.FULFILLED
 
 
@@ -144,15 +144,15 @@ def test_coords_key_keeps_short_keys_as_they_were_stored_and_digests_long_ones()
 
 async def test_a_request_repeating_a_held_wait_token_is_a_duplicate_whatever_its_event_id(store: Store) -> None:
     token = callback_url()
-    assert await accept(store, request_body("HRT-1", callback=token), event_id="evt-first") is True
+    assert await ingest(store, request_body("HRT-1", callback=token), event_id="evt-first") is True
     job = await job_of(store, "evt-first")
     assert job.callback_key == wait_token_key(token)
     # The same body under a fresh id, another body with the same token, an invalid one: nothing new.
-    assert await accept(store, request_body("HRT-1", callback=token), event_id="evt-replay") is False
-    assert await accept(store, request_body("HRT-2", callback=token), event_id="evt-other") is False
+    assert await ingest(store, request_body("HRT-1", callback=token), event_id="evt-replay") is False
+    assert await ingest(store, request_body("HRT-2", callback=token), event_id="evt-other") is False
     broken = request_body("HRT-3", callback=token)
     del broken["creative"]["kind"]
-    assert await accept(store, broken, event_id="evt-broken") is False
+    assert await ingest(store, broken, event_id="evt-broken") is False
     assert await event_ids(store) == {"evt-first"}
     assert [j.event_id for j in await store.list_jobs()] == ["evt-first"]
 
@@ -161,11 +161,11 @@ async def test_an_invalid_request_holds_its_wait_token_too(store: Store) -> None
     token = callback_url()
     broken = request_body("HRT-1", callback=token)
     broken["creative"]["code"] = "\x00"
-    assert await accept(store, broken, event_id="evt-1") is True
-    assert await accept(store, broken, event_id="evt-2") is False
+    assert await ingest(store, broken, event_id="evt-1") is True
+    assert await ingest(store, broken, event_id="evt-2") is False
     # Requests without a wait token never clash with each other.
     for n in range(3):
-        assert await accept(store, {"projectId": PROJECT}, event_id=f"evt-none-{n}") is True
+        assert await ingest(store, {"projectId": PROJECT}, event_id=f"evt-none-{n}") is True
     listed = {j.event_id: j for j in await store.list_jobs()}
     assert set(listed) == {"evt-1", "evt-none-0", "evt-none-1", "evt-none-2"}
     assert listed["evt-none-0"].callback_key is None
@@ -173,14 +173,14 @@ async def test_an_invalid_request_holds_its_wait_token_too(store: Store) -> None
 
 async def test_wait_tokens_are_deduplicated_within_a_commit_and_against_the_table(store: Store) -> None:
     held, shared = callback_url(), callback_url()
-    assert await accept(store, request_body("HRT-0", callback=held), event_id="evt-held") is True
+    assert await ingest(store, request_body("HRT-0", callback=held), event_id="evt-held") is True
     bodies = [request_body(f"HRT-{n}") for n in range(1, 11)]
     bodies[3]["fulfillment"]["completeCallbackUrl"] = held  # held by a stored job
     for n in (5, 6, 8):
         bodies[n]["fulfillment"]["completeCallbackUrl"] = shared  # the first of these in the batch wins
     del bodies[8]["creative"]["kind"]
     # Sent together, they share commits (SQLite stores such a batch with multi-row statements).
-    results = await asyncio.gather(*(accept(store, body, event_id=f"evt-{n}") for n, body in enumerate(bodies)))
+    results = await asyncio.gather(*(ingest(store, body, event_id=f"evt-{n}") for n, body in enumerate(bodies)))
     assert [n for n, stored in enumerate(results) if not stored] == [3, 6, 8]
     listed = {j.event_id: j for j in await store.list_jobs(limit=100)}
     assert set(listed) == {"evt-held", *(f"evt-{n}" for n in (0, 1, 2, 4, 5, 7, 9))}
@@ -190,7 +190,7 @@ async def test_wait_tokens_are_deduplicated_within_a_commit_and_against_the_tabl
 
 async def test_many_deliveries_of_one_wait_token_at_once_make_one_job(store: Store) -> None:
     body = request_body("HRT-1")
-    results = await asyncio.gather(*(accept(store, body, event_id=f"evt-{n}") for n in range(40)))
+    results = await asyncio.gather(*(ingest(store, body, event_id=f"evt-{n}") for n in range(40)))
     assert sorted(results) == [False] * 39 + [True]
     assert len(await store.list_jobs()) == 1
     assert len(await event_ids(store)) == 1

@@ -71,12 +71,12 @@ def test_a_delivery_crosses_the_wire_unchanged() -> None:
 
 
 async def test_deliveries_are_committed_by_a_child_process(store: SQLiteStore) -> None:
-    results = await asyncio.gather(*(store.accept(delivery(f"evt-{i}", f"HRT-{i}")) for i in range(50)))
+    results = await asyncio.gather(*(store.ingest(delivery(f"evt-{i}", f"HRT-{i}")) for i in range(50)))
     assert results == [True] * 50
     assert child_pid(store) != os.getpid()
-    assert await store.accept(delivery("evt-7")) is False  # a duplicate id
+    assert await store.ingest(delivery("evt-7")) is False  # a duplicate id
     with pytest.raises(NotAnObject):
-        await store.accept(Delivery("evt-bad", REQUESTED, b"[]", time.time()))
+        await store.ingest(Delivery("evt-bad", REQUESTED, b"[]", time.time()))
     assert stored_events(store) == {f"evt-{i}" for i in range(50)}
     assert len(await store.list_jobs(limit=100)) == 50
 
@@ -84,7 +84,7 @@ async def test_deliveries_are_committed_by_a_child_process(store: SQLiteStore) -
 async def test_the_child_ignores_interrupts_meant_for_the_server(store: SQLiteStore) -> None:
     """Ctrl-C reaches the whole process group, and SIGTERM may too: the server still needs the child
     to answer its in-flight deliveries while it shuts down, so the child ends only when its input does."""
-    assert await store.accept(delivery("evt-1")) is True
+    assert await store.ingest(delivery("evt-1")) is True
     status = Path(f"/proc/{child_pid(store)}/status").read_text()
     ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,12 +92,12 @@ async def test_the_child_ignores_interrupts_meant_for_the_server(store: SQLiteSt
 
 
 async def test_a_dead_child_fails_its_deliveries_retryably_and_is_replaced(store: SQLiteStore) -> None:
-    assert await store.accept(delivery("evt-before")) is True
+    assert await store.ingest(delivery("evt-before")) is True
     store.ingester.restart_after_s = 0.0
     blocker = sqlite3.connect(store.path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # the child's commit waits on this lock
     try:
-        pending = asyncio.ensure_future(store.accept(delivery("evt-in-flight")))
+        pending = asyncio.ensure_future(store.ingest(delivery("evt-in-flight")))
         await asyncio.sleep(0)  # one turn of the loop: the delivery is written to the child
         os.kill(child_pid(store), signal.SIGKILL)
         with pytest.raises(StoreUnavailable, match="ingest process exited"):
@@ -106,16 +106,16 @@ async def test_a_dead_child_fails_its_deliveries_retryably_and_is_replaced(store
         blocker.execute("ROLLBACK")
         blocker.close()
     assert stored_events(store) == {"evt-before"}  # refused, so the sender retries it
-    assert await store.accept(delivery("evt-in-flight")) is True  # the retry, to a new child
+    assert await store.ingest(delivery("evt-in-flight")) is True  # the retry, to a new child
     assert stored_events(store) == {"evt-before", "evt-in-flight"}
 
 
 async def test_a_child_dying_again_at_once_is_not_restarted_in_a_loop(store: SQLiteStore) -> None:
-    assert await store.accept(delivery("evt-1")) is True
+    assert await store.ingest(delivery("evt-1")) is True
     first = child_pid(store)
     os.kill(first, signal.SIGKILL)
     with pytest.raises(StoreUnavailable):
-        await asyncio.wait_for(store.accept(delivery("evt-2")), 10)
+        await asyncio.wait_for(store.ingest(delivery("evt-2")), 10)
     with pytest.raises(StoreUnavailable, match="restarting"):
         await store.ping()  # not ready until a new child may start
     store.ingester.restart_after_s = 0.0
@@ -126,24 +126,24 @@ async def test_a_child_dying_again_at_once_is_not_restarted_in_a_loop(store: SQL
 async def test_close_answers_what_the_child_holds_then_it_exits(tmp_path: Path) -> None:
     store = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}")
     await store.open()
-    assert await store.accept(delivery("evt-0")) is True
+    assert await store.ingest(delivery("evt-0")) is True
     proc = store.ingester.process
     assert proc is not None
-    pending = [asyncio.ensure_future(store.accept(delivery(f"evt-{i}", f"HRT-{i}"))) for i in range(1, 40)]
+    pending = [asyncio.ensure_future(store.ingest(delivery(f"evt-{i}", f"HRT-{i}"))) for i in range(1, 40)]
     await asyncio.sleep(0)  # all written to the child before it is told to stop
     await store.close()
     assert [await p for p in pending] == [True] * 39
     assert proc.poll() == 0
     assert stored_events(store) == {f"evt-{i}" for i in range(40)}
     with pytest.raises(StoreUnavailable):
-        await store.accept(delivery("evt-late"))
+        await store.ingest(delivery("evt-late"))
 
 
 async def test_a_caller_on_another_event_loop_is_served_by_the_writer_thread(store: SQLiteStore) -> None:
-    assert await store.accept(delivery("evt-main")) is True
+    assert await store.ingest(delivery("evt-main")) is True
 
     def elsewhere() -> bool:
-        return asyncio.run(store.accept(delivery("evt-thread", "HRT-T")))
+        return asyncio.run(store.ingest(delivery("evt-thread", "HRT-T")))
 
     assert await asyncio.to_thread(elsewhere) is True
     assert stored_events(store) == {"evt-main", "evt-thread"}

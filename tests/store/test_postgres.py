@@ -91,8 +91,8 @@ async def test_writes_that_queue_nothing_do_not_notify(pg_url: str, stores: list
         listener.execute("LISTEN fulfiller_jobs")
         body = requested("evt-inv").job.payload  # type: ignore[union-attr]
         del body["creative"]["kind"]
-        assert await other.ingest(event("evt-inv", "video.source_requested", body)) is True  # an invalid job
-        assert await other.ingest(event("evt-x", "other.topic", {"a": 1})) is True
+        assert await other.ingest_event(event("evt-inv", "video.source_requested", body)) is True  # an invalid job
+        assert await other.ingest_event(event("evt-x", "other.topic", {"a": 1})) is True
         assert list(listener.notifies(timeout=0.3)) == []
         await ingest_job(other, "evt-ok")
         notes = list(listener.notifies(timeout=5, stop_after=1))
@@ -126,8 +126,8 @@ async def test_receivers_racing_on_the_same_events_store_each_once(pg_url: str, 
     b = await opened(stores, pg_url)
     events = [requested(f"evt-{i}", code=f"HRT-{i}") for i in range(300)]
     results = await asyncio.gather(
-        asyncio.gather(*(a.ingest(e) for e in events), return_exceptions=True),
-        asyncio.gather(*(b.ingest(e) for e in reversed(events)), return_exceptions=True),
+        asyncio.gather(*(a.ingest_event(e) for e in events), return_exceptions=True),
+        asyncio.gather(*(b.ingest_event(e) for e in reversed(events)), return_exceptions=True),
     )
     from_a, from_b = results[0], list(reversed(results[1]))
     errors = [r for r in [*from_a, *from_b] if isinstance(r, BaseException)]
@@ -143,9 +143,9 @@ async def test_receivers_racing_on_one_wait_token_store_it_once(pg_url: str, sto
     b = await opened(stores, pg_url)
     bodies = [request_body(f"HRT-{i}") for i in range(200)]
     results = await asyncio.gather(
-        asyncio.gather(*(a.ingest(event(f"evt-a-{i}", REQUESTED, body)) for i, body in enumerate(bodies)),
+        asyncio.gather(*(a.ingest_event(event(f"evt-a-{i}", REQUESTED, body)) for i, body in enumerate(bodies)),
                        return_exceptions=True),
-        asyncio.gather(*(b.ingest(event(f"evt-b-{i}", REQUESTED, bodies[i])) for i in reversed(range(200))),
+        asyncio.gather(*(b.ingest_event(event(f"evt-b-{i}", REQUESTED, bodies[i])) for i in reversed(range(200))),
                        return_exceptions=True),
     )
     from_a, from_b = results[0], list(reversed(results[1]))
@@ -211,7 +211,7 @@ async def test_a_database_restart_is_survived(pg_private_cluster: PgCluster, sto
     cluster.stop("immediate")  # a crash: no checkpoint, recovery on start
     try:
         errors = []
-        for call in (receiver.ping, lambda: receiver.ingest(requested("evt-down")), worker.list_jobs,
+        for call in (receiver.ping, lambda: receiver.ingest_event(requested("evt-down")), worker.list_jobs,
                      lambda: worker.claim("w", 60), worker.stats):
             with pytest.raises(StoreUnavailable) as info:
                 await call()
@@ -231,7 +231,7 @@ async def test_a_database_restart_is_survived(pg_private_cluster: PgCluster, sto
     await worker.wait_for_work(0.05)
     assert await woken(worker, lambda: ingest_job(receiver, "evt-after")) < 10
     assert {j.id for j in await receiver.list_jobs()} >= set(acked)
-    assert await receiver.ingest(requested("evt-down")) is True  # refused while down, so it was never stored
+    assert await receiver.ingest_event(requested("evt-down")) is True  # refused while down, so it was never stored
 
     shown = "\n".join(errors + [r.getMessage() for r in caplog.records] + [repr(worker)])
     assert PASSWORD not in shown

@@ -38,9 +38,9 @@ from support.odd_jobs import NESTED, ODD_ROWS, job_row
 
 async def test_ingest_new_then_duplicate(store: Store) -> None:
     ev = requested("evt-1")
-    assert await store.ingest(ev) is True
+    assert await store.ingest_event(ev) is True
     again = requested("evt-1", code="HRT-OTHER")  # same id, other body: a redelivery, nothing new
-    assert await store.ingest(again) is False
+    assert await store.ingest_event(again) is False
     listed = await store.list_jobs()
     assert [j.id for j in listed] == [ev.job.id]  # type: ignore[union-attr]
     job = await store.get_job(ev.job.id)  # type: ignore[union-attr]
@@ -54,14 +54,14 @@ async def test_ingest_new_then_duplicate(store: Store) -> None:
 async def test_accept_parses_plans_and_stores_a_verified_delivery(store: Store) -> None:
     """The receiver's entry: raw bytes in, one event and its job stored (SQLite does this in its ingest process)."""
     body = json.dumps(request_body("HRT-ACC")).encode()
-    assert await store.accept(Delivery("evt-acc", REQUESTED, body, time.time())) is True
-    assert await store.accept(Delivery("evt-acc", REQUESTED, body, time.time())) is False
+    assert await store.ingest(Delivery("evt-acc", REQUESTED, body, time.time())) is True
+    assert await store.ingest(Delivery("evt-acc", REQUESTED, body, time.time())) is False
     invalid = json.dumps({"projectId": PROJECT, "creative": {}}).encode()
-    assert await store.accept(Delivery("evt-inv", REQUESTED, invalid, time.time())) is True
-    assert await store.accept(Delivery("evt-other", "other.topic", b'{"a": 1}', time.time())) is True
+    assert await store.ingest(Delivery("evt-inv", REQUESTED, invalid, time.time())) is True
+    assert await store.ingest(Delivery("evt-other", "other.topic", b'{"a": 1}', time.time())) is True
     for bad in (b"[1, 2]", b"not json", b'{"a": NaN}', "{}".encode("utf-16")):
         with pytest.raises(NotAnObject):
-            await store.accept(Delivery("evt-bad", REQUESTED, bad, time.time()))
+            await store.ingest(Delivery("evt-bad", REQUESTED, bad, time.time()))
     by_event = {j.event_id: j for j in await store.list_jobs()}
     assert set(by_event) == {"evt-acc", "evt-inv"}
     assert by_event["evt-acc"].status == Status.QUEUED and by_event["evt-acc"].code == "HRT-ACC"
@@ -72,7 +72,7 @@ async def test_accept_parses_plans_and_stores_a_verified_delivery(store: Store) 
 async def test_a_body_is_stored_once(store: Store) -> None:
     """A request's body is its job's payload; the event row keeps the body only of events without a job."""
     request, other = requested("evt-req"), event("evt-other", "other.topic", {"a": 1})
-    assert await store.ingest(request) and await store.ingest(other)
+    assert await store.ingest_event(request) and await store.ingest_event(other)
     rows = await store.read(  # type: ignore[attr-defined]
         lambda cur: cur.execute("SELECT e.event_id, e.body, j.payload FROM events e"
                                 " LEFT JOIN jobs j ON j.event_id = e.event_id ORDER BY e.event_id").fetchall())
@@ -82,8 +82,8 @@ async def test_a_body_is_stored_once(store: Store) -> None:
 async def test_events_without_job_are_stored_once(store: Store) -> None:
     other = event("evt-x", "something.else", {"hello": "world"})
     assert other.job is None and other.note
-    assert await store.ingest(other) is True
-    assert await store.ingest(other) is False
+    assert await store.ingest_event(other) is True
+    assert await store.ingest_event(other) is False
     assert await store.list_jobs() == []
 
 
@@ -91,7 +91,7 @@ async def test_invalid_payload_is_stored_as_invalid_job(store: Store) -> None:
     body = request_body()
     del body["creative"]["kind"]
     ev = event("evt-bad", REQUESTED, body)
-    assert await store.ingest(ev) is True
+    assert await store.ingest_event(ev) is True
     job = await store.get_job(ev.job.id)  # type: ignore[union-attr]
     assert job is not None and job.status == Status.INVALID and "creative.kind" in (job.error or "")
     assert await store.claim("w", 60) is None  # never runnable
@@ -103,10 +103,10 @@ async def test_failing_job_insert_stores_no_event(store: Store) -> None:
     assert clash.job is not None
     clash = replace(clash, job=replace(clash.job, id=first.id))  # the job insert will violate the primary key
     with pytest.raises(StoreUnavailable):
-        await store.ingest(clash)
+        await store.ingest_event(clash)
     # The event was rolled back with its job: the same delivery, retried, is new.
     fixed = requested("evt-2", code="HRT-2")
-    assert await store.ingest(fixed) is True
+    assert await store.ingest_event(fixed) is True
     assert sorted(j.event_id for j in await store.list_jobs()) == ["evt-1", "evt-2"]
 
 
@@ -116,7 +116,7 @@ async def test_a_failing_write_spoils_no_neighbour(store: Store) -> None:
     bad = replace(bad, job=replace(bad.job, id=first.id))  # type: ignore[arg-type]
     goods = [requested(f"evt-{i}", code=f"HRT-{i}") for i in range(1, 30)]
     # Submitted together, they share group commits with the failing one.
-    results = await asyncio.gather(*(store.ingest(e) for e in [*goods[:15], bad, *goods[15:]]),
+    results = await asyncio.gather(*(store.ingest_event(e) for e in [*goods[:15], bad, *goods[15:]]),
                                    return_exceptions=True)
     assert isinstance(results[15], StoreUnavailable)
     assert [r for i, r in enumerate(results) if i != 15] == [True] * len(goods)
@@ -129,9 +129,9 @@ async def test_a_write_that_raises_spoils_no_neighbour(store: Store) -> None:
         raise RuntimeError("a bug in one write")
 
     goods = [requested(f"evt-{i}", code=f"HRT-{i}") for i in range(10)]
-    results = await asyncio.gather(*(store.ingest(e) for e in goods[:5]),
+    results = await asyncio.gather(*(store.ingest_event(e) for e in goods[:5]),
                                    store.writer.submit(broken),  # type: ignore[attr-defined]
-                                   *(store.ingest(e) for e in goods[5:]), return_exceptions=True)
+                                   *(store.ingest_event(e) for e in goods[5:]), return_exceptions=True)
     assert isinstance(results[5], RuntimeError)
     assert results[:5] + results[6:] == [True] * 10
     listed = await store.list_jobs()
@@ -142,7 +142,7 @@ async def test_ingests_sharing_a_commit_come_out_as_one_at_a_time(store: Store) 
     # SQLite stores a batch's new events with multi-row statements: duplicates (stored before, or twice
     # in the batch), an early lifecycle event, invalid and unknown events must come out as they do alone.
     key = f"fb-external/{PROJECT}/HRT-50/v1/en/9x16.video"
-    assert await store.ingest(event("evt-early", TIMEOUT, lifecycle_body(key=key))) is True
+    assert await store.ingest_event(event("evt-early", TIMEOUT, lifecycle_body(key=key))) is True
     old = await ingest_job(store, "evt-old", code="HRT-OLD")
     broken = request_body(code="HRT-BAD")
     del broken["creative"]["kind"]
@@ -151,7 +151,7 @@ async def test_ingests_sharing_a_commit_come_out_as_one_at_a_time(store: Store) 
     invalid = event("evt-bad", REQUESTED, broken)
     batch = [*news, requested("evt-old", code="HRT-OLD"), requested("evt-b3", code="HRT-OTHER"), late, invalid,
              event("evt-other", "something.else", {"hello": "world"})]
-    results = await asyncio.gather(*(store.ingest(e) for e in batch))
+    results = await asyncio.gather(*(store.ingest_event(e) for e in batch))
     assert results == [True] * 20 + [False, False, True, True, True]
     listed = {j.event_id: j for j in await store.list_jobs(limit=100)}
     assert len(listed) == 1 + 20 + 2 and listed["evt-old"].id == old.id
@@ -169,7 +169,7 @@ async def test_lifecycle_matches_by_storage_key(store: Store) -> None:
     other = await ingest_job(store, "evt-2", code="HRT-2")
     assert job.storage_key
     done = event("evt-f", FULFILLED, lifecycle_body(key=job.storage_key))
-    assert await store.ingest(done) is True
+    assert await store.ingest_event(done) is True
     assert await status_of(store, job.id) == Status.FULFILLED
     assert await status_of(store, other.id) == Status.QUEUED
 
@@ -179,7 +179,7 @@ async def test_lifecycle_closes_a_running_job_and_its_lease(store: Store) -> Non
     claimed = await store.claim("w1", 60)
     assert claimed is not None and claimed.id == job.id
     rejected = event("evt-r", REJECTED, lifecycle_body(key=job.storage_key, reason="wrong_aspect"))
-    assert await store.ingest(rejected) is True
+    assert await store.ingest_event(rejected) is True
     stored = await store.get_job(job.id)
     assert stored is not None
     assert (stored.status, stored.lifecycle_reason, stored.lease_owner) == (Status.REJECTED, "wrong_aspect", None)
@@ -199,11 +199,11 @@ async def test_lifecycle_by_coordinates_prefers_the_aspect_named(store: Store) -
     assert {claimed.id, claimed2.id} == {story.id, feed.id}  # type: ignore[union-attr]
     assert await store.update(feed.id, "w", {"chosen_aspect": "4x5"}) is True
 
-    assert await store.ingest(event("evt-f1", FULFILLED, lifecycle_body(aspect="9x16"))) is True
+    assert await store.ingest_event(event("evt-f1", FULFILLED, lifecycle_body(aspect="9x16"))) is True
     assert await status_of(store, story.id) == Status.FULFILLED
     assert await status_of(store, feed.id) == Status.RUNNING
 
-    assert await store.ingest(event("evt-f2", REJECTED, lifecycle_body(aspect="4x5", reason="corrupt"))) is True
+    assert await store.ingest_event(event("evt-f2", REJECTED, lifecycle_body(aspect="4x5", reason="corrupt"))) is True
     assert await status_of(store, feed.id) == Status.REJECTED
 
 
@@ -211,7 +211,7 @@ async def test_lifecycle_by_coordinates_without_aspect_takes_the_newest(store: S
     t0 = time.time()
     old = await ingest_job(store, "evt-old", t0, aspect="9x16")
     new = await ingest_job(store, "evt-new", t0 + 1, aspect=None, family="feed")
-    assert await store.ingest(event("evt-t", TIMEOUT, lifecycle_body())) is True
+    assert await store.ingest_event(event("evt-t", TIMEOUT, lifecycle_body())) is True
     assert await status_of(store, new.id) == Status.TIMED_OUT
     assert await status_of(store, old.id) == Status.QUEUED
 
@@ -219,8 +219,8 @@ async def test_lifecycle_by_coordinates_without_aspect_takes_the_newest(store: S
 async def test_unmatched_lifecycle_is_kept_and_applied_when_its_job_arrives(store: Store) -> None:
     key = f"fb-external/{PROJECT}/HRT-9/v1/en/9x16.video"
     # Deliveries cross: the timeout arrives before the request it closes.
-    assert await store.ingest(event("evt-t", TIMEOUT, lifecycle_body(key=key))) is True
-    assert await store.ingest(event("evt-r", REJECTED, lifecycle_body(code="HRT-7", variation=1))) is True
+    assert await store.ingest_event(event("evt-t", TIMEOUT, lifecycle_body(key=key))) is True
+    assert await store.ingest_event(event("evt-r", REJECTED, lifecycle_body(code="HRT-7", variation=1))) is True
     unrelated = await ingest_job(store, "evt-u", code="HRT-8", variation=1)
     assert await status_of(store, unrelated.id) == Status.QUEUED
     by_key = await ingest_job(store, "evt-req", code="HRT-9", variation=1, key=key)
@@ -334,7 +334,7 @@ async def test_release_gives_the_job_back(store: Store) -> None:
 async def _insert_job(store: Store, **columns: Any) -> str:
     """A job row as given (the rest as a fresh queued job's), under an event of its own; its id."""
     event_id = f"evt-{uuid.uuid4().hex}"
-    assert await store.ingest(event(event_id, "other.topic", {}))
+    assert await store.ingest_event(event(event_id, "other.topic", {}))
     job_id, sql, values = job_row(event_id, **columns)
     await store.writer.submit(lambda cur: store.dialect.execute(cur, sql, values))  # type: ignore[attr-defined]
     return job_id
@@ -430,7 +430,7 @@ async def test_requeue_outcomes(store: Store) -> None:
     body = request_body(code="HRT-BAD")
     del body["fulfillment"]["storageKey"]
     invalid = event("evt-invalid", REQUESTED, body)
-    assert await store.ingest(invalid) is True
+    assert await store.ingest_event(invalid) is True
     assert await store.requeue(invalid.job.id) == Requeue.NOT_RERUNNABLE  # type: ignore[union-attr]
 
     late = await ingest_job(store, "evt-late", code="HRT-LATE", expires_in=-5)
@@ -482,7 +482,7 @@ async def test_stats(store: Store) -> None:
         await ingest_job(store, f"evt-{i}", t0 + i, code=f"HRT-{i}")
     body = request_body(code="HRT-INV")
     body["creative"]["variation"] = -1
-    assert await store.ingest(event("evt-inv", REQUESTED, body, t0 - 100)) is True
+    assert await store.ingest_event(event("evt-inv", REQUESTED, body, t0 - 100)) is True
     job = await store.claim("w", 60)
     assert job is not None
     assert await store.finish(job.id, "w", Status.COMPLETED, {}) is True
@@ -503,7 +503,7 @@ async def test_migrations_are_idempotent(make_store: Any, store_url: str) -> Non
         again = await make_store()
         loaded = await again.get_job(job.id)
         assert loaded is not None and loaded.event_id == "evt-1"
-        assert await again.ingest(requested("evt-1")) is False
+        assert await again.ingest_event(requested("evt-1")) is False
         versions = await again.read(  # type: ignore[attr-defined]
             lambda cur: cur.execute("SELECT count(*), max(version) FROM fulfiller_schema").fetchone())
         latest = len(migrations(SQLITE))
@@ -515,7 +515,7 @@ async def test_concurrent_claims_never_hand_one_job_to_two_owners(make_store: An
     # Several store instances (separate connections and writer threads: as several processes) share the state.
     stores = [await make_store() for _ in range(3)]
     n_jobs = 60
-    await asyncio.gather(*(stores[i % 3].ingest(requested(f"evt-{i}", code=f"HRT-{i}")) for i in range(n_jobs)))
+    await asyncio.gather(*(stores[i % 3].ingest_event(requested(f"evt-{i}", code=f"HRT-{i}")) for i in range(n_jobs)))
     claims: list[tuple[str, str]] = []
 
     async def claimer(store: Store, owner: str) -> None:
@@ -554,9 +554,9 @@ async def test_ping_fails_when_the_database_is_unreachable(make_store: Any, stor
         with pytest.raises(StoreUnavailable):
             await store.ping()
         with pytest.raises(StoreUnavailable):
-            await store.ingest(requested("evt-2", code="HRT-2"))
+            await store.ingest_event(requested("evt-2", code="HRT-2"))
     # Back: the next write reconnects, and nothing acknowledged was lost.
     await store.ping()
-    assert await store.ingest(requested("evt-2", code="HRT-2")) is True
+    assert await store.ingest_event(requested("evt-2", code="HRT-2")) is True
     assert {j.id for j in await store.list_jobs()} >= {job.id}
     assert len(await store.list_jobs()) == 2

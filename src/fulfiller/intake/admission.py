@@ -21,7 +21,7 @@ from fulfiller import events, jobs
 from fulfiller.events import InvalidPayload, Lifecycle
 from fulfiller.jobs import Job, Status
 
-# The delivery lines, under the receiver's name wherever they are written from (see log_taken).
+# The delivery lines, under the receiver's name wherever they are written from (see log_ingested).
 log = logging.getLogger("fulfiller.receiver")
 MAX_DEPTH = 64  # nesting levels a body may have (the object itself is the first)
 MAX_RAW_KEY_BYTES = 512  # the longest wait token kept as it is in the jobs_callback_key index
@@ -151,15 +151,15 @@ def answer(stored: bool) -> tuple[int, str]:
     return (202, "accepted") if stored else (200, "duplicate")
 
 
-def log_taken(event_id: str, topic: str, stored: bool) -> None:
-    """The line for a delivery the store took, written by whatever committed it (``Store.accept``):
+def log_ingested(event_id: str, topic: str, stored: bool) -> None:
+    """The line for a delivery the store took, written by whatever committed it (``Store.ingest``):
     the receiver logs only the deliveries it refuses itself."""
     status, outcome = answer(stored)
     log.info("delivery %s", outcome, extra={"event_id": event_id, "topic": topic or None, "outcome": outcome,
                                              "http_status": status})
 
 
-def admit(delivery: Delivery) -> IncomingEvent:
+def plan_delivery(delivery: Delivery) -> IncomingEvent:
     """Parse and plan one verified delivery; NotAnObject when its body is not a JSON object."""
     text, data = parse_object(delivery.body)
     return plan(delivery.event_id, delivery.topic, text, data, delivery.received_at)

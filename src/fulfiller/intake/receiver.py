@@ -59,7 +59,7 @@ class Receiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One delivery: answered only after _handle has the store's verdict; counted here, and logged here
-        when refused (what the store took is logged where it was committed: Store.accept)."""
+        when refused (what the store took is logged where it was committed: Store.ingest)."""
         started = time.perf_counter()
         headers = _headers(scope)
         topic = headers.get(self.topic_header, "")
@@ -109,7 +109,7 @@ class Receiver:
             return _error(400, f"event id over {MAX_EVENT_ID_BYTES} bytes", "bad_event_id", None)
         event_id = header_id or "sha256:" + hashlib.sha256(body).hexdigest()
         try:
-            stored = await self.store.accept(Delivery(event_id, topic, body, time.time()))
+            stored = await self.store.ingest(Delivery(event_id, topic, body, time.time()))
         except NotAnObject as exc:
             return _error(400, str(exc), "bad_body", event_id)
         except Exception as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fulfiller.intake.admission import Delivery, IncomingEvent, admit, log_taken
+from fulfiller.intake.admission import Delivery, IncomingEvent, log_ingested, plan_delivery
 from fulfiller.jobs import Attempt, Job
 
 
@@ -80,17 +80,17 @@ class Store(ABC):
         """Prove the store can commit a write now; raise StoreUnavailable otherwise."""
 
     @abstractmethod
-    async def ingest(self, event: IncomingEvent) -> bool:
+    async def ingest_event(self, event: IncomingEvent) -> bool:
         """Store the event and its effects in one transaction: True if new, False for a duplicate id."""
 
-    async def accept(self, delivery: Delivery) -> bool:
-        """``ingest`` a verified delivery, parsed and planned (``intake.admit``, which raises NotAnObject),
-        and log its line (``intake.log_taken``).
+    async def ingest(self, delivery: Delivery) -> bool:
+        """Store a verified delivery: plan it (``admission.plan_delivery``, which raises NotAnObject),
+        commit it (``ingest_event``) and log its line (``admission.log_ingested``).
 
         A backend may do both where it commits, off the event loop (SQLiteStore does).
         """
-        stored = await self.ingest(admit(delivery))
-        log_taken(delivery.event_id, delivery.topic, stored)
+        stored = await self.ingest_event(plan_delivery(delivery))
+        log_ingested(delivery.event_id, delivery.topic, stored)
         return stored
 
     @abstractmethod

@@ -73,7 +73,7 @@ class Ingestion:
                 results[i] = fn(cur)
         return results
 
-    def ingest(self, cur: Any, ev: IncomingEvent) -> bool:
+    def ingest_event(self, cur: Any, ev: IncomingEvent) -> bool:
         """Store the event and what it causes, in the caller's transaction: True if new, False for a duplicate
         (its id stored before, or a request whose wait token a stored job holds)."""
         lc = ev.lifecycle
@@ -107,7 +107,7 @@ class Ingestion:
         return True
 
     def ingest_many(self, cur: Any, evs: list[IncomingEvent]) -> list[bool]:
-        """``ingest`` for events without a lifecycle, with one statement per step for them all.
+        """``ingest_event`` for events without a lifecycle, with one statement per step for them all.
 
         Under the batch's write lock nobody else inserts, so the ids and wait tokens found here
         (with those of the batch's earlier events) are all the duplicates; should an insert clash
@@ -202,7 +202,7 @@ class Ingest:
         self.event = event
 
     def __call__(self, cur: Any) -> bool:
-        return self.ingestion.ingest(cur, self.event)
+        return self.ingestion.ingest_event(cur, self.event)
 
 
 def _marks(n: int) -> str:

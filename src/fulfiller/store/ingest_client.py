@@ -1,6 +1,6 @@
 """The server's side of the ingest child (``ingester``): starts it, sends it deliveries, answers each caller.
 
-``SQLiteStore.accept`` hands each verified delivery to ``IngestProcess``, which writes
+``SQLiteStore.ingest`` hands each verified delivery to ``IngestProcess``, which writes
 it to the child's stdin (``ingest_wire``) and resolves the caller once the child
 answers that the commit holding it is done.
 """
@@ -68,7 +68,7 @@ class IngestProcess:
         """The child last started (None before the first use, and after ``close``); it may have exited since."""
         return self._proc
 
-    async def accept(self, delivery: Delivery) -> bool:
+    async def ingest(self, delivery: Delivery) -> bool:
         """True when the child committed the delivery, False for a duplicate id; NotAnObject or
         StoreUnavailable when it refused it."""
         await self.ensure_running()

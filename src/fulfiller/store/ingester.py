@@ -5,7 +5,7 @@ lock (GIL): every statement the writer runs gives the lock up and waits to get i
 back, and each hand-over costs the loop as much as a delivery's own work. A child
 process has an interpreter of its own and runs on the other core; the loop only
 writes each verified delivery to a pipe and reads the verdicts back. The child
-also parses and plans each delivery (``intake.admit``), the largest share of a
+also parses and plans each delivery (``admission.plan_delivery``), the largest share of a
 delivery's Python work after the HTTP server's own.
 
 The contract does not change: a delivery is acked only after the child says the
@@ -17,7 +17,7 @@ This module is the child (``python -m fulfiller.store.ingester``); the server's 
 which starts it and talks to it, is ``ingest_client.IngestProcess``, and the messages
 both sides exchange are ``ingest_wire``'s.
 
-The child also writes the log line of each delivery it took (``intake.log_taken``),
+The child also writes the log line of each delivery it took (``intake.log_ingested``),
 after its answers, so that formatting them costs the event loop nothing; it logs
 as the server does (format and level from ``logs.setup_logging``), and its lines
 share stderr with the server's whole (see ``logs.BlockHandler``).
@@ -35,7 +35,7 @@ import signal
 import sys
 from typing import Any
 
-from fulfiller.intake.admission import Delivery, NotAnObject, admit, log_taken
+from fulfiller.intake.admission import Delivery, NotAnObject, log_ingested, plan_delivery
 from fulfiller.logs import setup_logging
 from fulfiller.store.ingest import Ingest, Ingestion
 from fulfiller.store.ingest_wire import BAD_BODY, UNAVAILABLE, Frames, frame, from_wire
@@ -64,7 +64,7 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
     conn = None
     try:
         while data := os.read(inbox_fd, _READ_SIZE):
-            batch = [_admit(store.ingestion, *from_wire(message)) for message in frames.feed(data)]
+            batch = [_plan(store.ingestion, *from_wire(message)) for message in frames.feed(data)]
             verdicts = [(seq, item) for seq, item in batch if not isinstance(item, Ingest)]
             ingests = [(seq, item) for seq, item in batch if isinstance(item, Ingest)]
             taken: list[tuple[Ingest, bool]] = []
@@ -80,20 +80,20 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
             if verdicts:
                 _write_all(outbox_fd, frame(verdicts))
             for ingest, stored in taken:  # after the answers: the loop waits on them, not on these
-                log_taken(ingest.event.event_id, ingest.event.topic, stored)
+                log_ingested(ingest.event.event_id, ingest.event.topic, stored)
     finally:
         if conn is not None:
             conn.close()
 
 
-def _admit(ingestion: Ingestion, seq: int, delivery: Delivery) -> tuple[int, Any]:
+def _plan(ingestion: Ingestion, seq: int, delivery: Delivery) -> tuple[int, Any]:
     """``(seq, Ingest)`` to commit, or ``(seq, verdict)`` when the delivery is refused already."""
     try:
-        return seq, Ingest(ingestion, admit(delivery))
+        return seq, Ingest(ingestion, plan_delivery(delivery))
     except NotAnObject as exc:
         return seq, (BAD_BODY, str(exc))
     except Exception as exc:  # a bug: refused retryably, and reported, not the end of the process
-        log.exception("cannot admit delivery %s", delivery.event_id)
+        log.exception("cannot plan delivery %s", delivery.event_id)
         return seq, (UNAVAILABLE, f"{type(exc).__name__}: {exc}")
 
 

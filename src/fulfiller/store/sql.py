@@ -2,7 +2,7 @@
 job's updates, operators' reads and reruns, and the queue's stats.
 
 Its parts: the tables (``schema``), the writer thread that commits every write
-(``writer``), and what an ingest stores (``ingest``). Reads use their own
+(``writer``), and what an ingest stores (``ingest_event``). Reads use their own
 connections and never wait behind a commit.
 """
 
@@ -127,7 +127,7 @@ class SqlStore(Store):
         now = time.time()
         await self.writer.submit(lambda cur: self.dialect.execute(cur, "SELECT ?", (now,)).fetchone())
 
-    async def ingest(self, event: IncomingEvent) -> bool:
+    async def ingest_event(self, event: IncomingEvent) -> bool:
         stored = await self.writer.submit(Ingest(self.ingestion, event))
         if stored and event.job is not None:
             self._wake()

@@ -68,7 +68,7 @@ class SQLiteStore(SqlStore):
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._database_fd: int | None = None
-        self.ingester = IngestProcess(url)  # commits the receiver's deliveries (see accept)
+        self.ingester = IngestProcess(url)  # commits the receiver's deliveries (see ingest)
 
     def connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -107,10 +107,10 @@ class SQLiteStore(SqlStore):
         loop = self.ingester.loop
         return loop is None or loop is asyncio.get_running_loop()
 
-    async def accept(self, delivery: Delivery) -> bool:
+    async def ingest(self, delivery: Delivery) -> bool:
         if not self._ingester_serves():
-            return await super().accept(delivery)
-        stored = await self.ingester.accept(delivery)
+            return await super().ingest(delivery)
+        stored = await self.ingester.ingest(delivery)
         if stored and delivery.topic == SOURCE_REQUESTED:
             self._wake()  # a new job (or an invalid one: a worker that wakes for nothing just sleeps again)
         return stored
