@@ -106,6 +106,8 @@ class WorkerConfig(_Strict):
     retry_base_s: float = Field(1.0, gt=0, description="first backoff step; later ones grow exponentially")
     retry_max_s: float = Field(60.0, gt=0, description="longest single backoff wait")
     http_timeout_s: float = Field(60.0, gt=0, description="connect/read/write timeout for uploads and callbacks")
+    negative_ack_failures: bool = Field(
+        False, description="on failed/invalid, also send the platform a skip so the import resumes at once")
 
 
 def _check_layout(v: str) -> str:
