@@ -1,16 +1,8 @@
-"""What the transfer benchmarks (bench/drive.py, bench/transfer.py) share.
+"""What the benchmarks share: their server processes, figures from /proc, and for the transfer benchmarks
+the sink (a minimal upload target and callback recorder, in its own process so that what is measured is
+the sender), the run of one master per size through a fresh ``fulfiller serve``, and the report.
 
-* the sink: a minimal upload target and callback recorder, run in its own
-  process (``python bench/harness.py --serve-sink``) so that the measurement is
-  of the sender, not of a slow receiver;
-* small helpers: sizes, free ports, polling, masters, CPU and memory from /proc;
-* :class:`Harness`: the sink, a fresh ``fulfiller serve`` process per case, one
-  signed event through it timed until its callback arrives, and clean-up;
-* :func:`arg_parser` and :func:`run_bench`: the options and the run every
-  benchmark has.
-
-The benchmarks import this module as a sibling (their own folder is first on
-``sys.path`` when run as ``.venv/bin/python bench/<name>.py``).
+The benchmarks import this module as a sibling: their own folder is first on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -21,129 +13,192 @@ import hashlib
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MiB = 1 << 20
-SECRET = "bench-signing-secret"
-ADMIN_TOKEN = "bench-admin-token"
-WARMUP = 64 * 1024  # the size of the warm-up master each fresh fulfiller moves first
+SECRET = "whsec_bench-signing-secret"
+WARMUP = 64 * 1024  # the warm-up master each fresh fulfiller moves before it is measured
 # An ISO BMFF "ftyp" box: enough for libmagic to call the master video/mp4.
 FTYP = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41\x00\x00\x00\x08free"
 
+# A plain copy of ``size`` bytes to ``put_url``: its seconds and CPU seconds.
+Copy = Callable[[int, str], tuple[float, float]]
 
-# --- the sink: a fast upload target and callback recorder, in its own process ---------------
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something true (an OSError counts as not yet); that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if result := check():
+                return result
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def tail(log: Path, lines: int = 20) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+                 health: str = "/healthz") -> subprocess.Popen[bytes]:
+    """Run ``cmd``, which serves 127.0.0.1:``port``, with its output appended to ``log``; return once
+    ``health`` answers 200."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"{shlex.join(cmd)} exited with {proc.returncode}:\n{tail(log)}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=1) as response:
+            return response.status == 200
+
+    wait_until(healthy, 30, f"{cmd[0]} to answer {health}")
+    return proc
+
+
+def start_fulfiller(workdir: Path, config: dict[str, Any], *, worker: bool,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """``fulfiller serve`` on a free port with ``config`` (and :data:`SECRET` to sign with); its base URL."""
+    port = free_port()
+    path = workdir / "fulfiller.yaml"
+    path.write_text(json.dumps({"receiver": {"secrets": [SECRET]}, **config}))  # JSON is YAML
+    cmd = [sys.executable, "-m", "fulfiller.cli", "serve", "--config", str(path), "--host", "127.0.0.1",
+           "--port", str(port), *([] if worker else ["--no-worker"])]
+    return start_server(cmd, port, workdir / "fulfiller.log", env), f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not gone in 40 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- figures from /proc ---------------------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far, all its threads (not its child processes)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident memory of ``pid`` in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:", 1)[1].split()[0]) * 1024
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds and CPU seconds (of its processes) of running ``cmd``."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+
+
+# --- the sink -------------------------------------------------------------------------------------
 
 
 class Sink(asyncio.BufferedProtocol):
-    """HTTP/1.1 with Content-Length bodies only (S3-style PUTs refuse chunked too), keep-alive.
-
-    PUT: the body is counted and dropped. POST: the body is kept (callbacks are small).
-    GET /records: every finished request so far, as JSON.
-    """
+    """HTTP/1.1 keep-alive, Content-Length bodies only (as S3-style PUTs): a PUT's body is counted and
+    dropped, a POST's kept; ``GET /records`` answers with every request finished so far."""
 
     def __init__(self, records: list[dict[str, Any]]):
         self.records = records
-        self.view = memoryview(bytearray(4 * MiB))
+        self.buffer = memoryview(bytearray(4 * MiB))
         self.head = bytearray()
-        self.left = 0
         self.req: dict[str, Any] | None = None
-        self.body = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.left = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view
+        return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        data = self.view[:nbytes]
+        data = self.buffer[:nbytes]
         while data:
-            if self.req is not None:  # in a body
-                take = min(self.left, len(data))
-                self.req["bytes"] += take
-                if self.req["method"] != "PUT":
-                    self.body += data[:take]
-                self.left -= take
-                data = data[take:]
-                if self.left == 0:
-                    self._finish()
-                continue
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.head) > 65536:
-                    self._reply(431, b"{}", close=True)
-                return
-            rest = memoryview(bytes(self.head[end + 4 :]))
-            self._start(bytes(self.head[:end]))
-            self.head = bytearray()
-            data = rest
-            if self.req is not None and self.left == 0:
-                self._finish()
+            if self.req is None:
+                self.head += data
+                end = self.head.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                data = memoryview(self.head[end + 4:])
+                self.start(self.head[:end].decode("latin-1"))
+                self.head = bytearray()
+                if self.req is None:
+                    return
+            take = min(self.left, len(data))
+            self.req["bytes"] += take
+            if self.req["method"] != "PUT":
+                self.req["body"] += bytes(data[:take])
+            self.left -= take
+            data = data[take:]
+            if self.left == 0:
+                self.finish()
 
-    def _start(self, head: bytes) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if headers.get("transfer-encoding"):
-            self._reply(411, b'{"error":"chunked bodies refused"}', close=True)
+    def start(self, head: str) -> None:
+        first, *lines = head.split("\r\n")
+        method, target, _ = first.split(" ", 2)
+        headers = {name.strip().lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+        if "transfer-encoding" in headers:
+            self.reply(411, b'{"error":"chunked bodies refused"}')
+            self.transport.close()
             return
-        if headers.get("expect", "").lower() == "100-continue":
-            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.req = {"method": method, "path": target.split("?", 1)[0], "started": time.time(), "bytes": 0,
-                    "declared": int(headers.get("content-length", "0")), "content_type": headers.get("content-type")}
-        self.body = bytearray()
-        self.left = self.req["declared"]
+        self.left = int(headers.get("content-length", "0"))
+        self.req = {"method": method, "path": target.split("?", 1)[0], "declared": self.left, "bytes": 0, "body": b""}
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         req, self.req = self.req, None
         assert req is not None
         if req["method"] == "GET" and req["path"] == "/records":
-            self._reply(200, json.dumps(self.records).encode())
+            self.reply(200, json.dumps(self.records).encode())
             return
-        req["finished"] = time.time()
-        if req["method"] != "PUT":
-            req["body"] = self.body.decode("utf-8", "replace")
-        self.records.append(req)
-        self._reply(200, b"{}")
+        self.records.append({**req, "finished": time.time(), "body": req["body"].decode("utf-8", "replace")})
+        self.reply(200, b"{}")
 
-    def _write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def _reply(self, status: int, body: bytes, close: bool = False) -> None:
-        head = (f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                + ("connection: close\r\n" if close else "") + "\r\n")
-        self._write(head.encode() + body)
-        if close and self.transport is not None:
-            self.transport.close()
+    def reply(self, status: int, body: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (status, len(body), body))
 
 
-def serve_sink(use_uvloop: bool = False) -> None:
+def serve_sink() -> None:
     """Run the sink until killed; print its port on the first line of stdout."""
-    if use_uvloop:
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+    import uvloop
 
     async def main() -> None:
         records: list[dict[str, Any]] = []
@@ -151,18 +206,16 @@ def serve_sink(use_uvloop: bool = False) -> None:
         print(server.sockets[0].getsockname()[1], flush=True)
         await server.serve_forever()
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
-# --- helpers ----------------------------------------------------------------------------------
+# --- the transfer benchmarks ----------------------------------------------------------------------
 
 
 def parse_size(text: str) -> int:
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
 
 
 def human(size: int) -> str:
@@ -172,12 +225,22 @@ def human(size: int) -> str:
     return str(size)
 
 
-def mibps(size: int, seconds: float) -> float:
-    return size / seconds / MiB
+def make_master(path: Path, size: int) -> str:
+    """Random bytes behind an MP4 ftyp box, written in 1 MiB blocks; their SHA-256 hex."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sha = hashlib.sha256()
+    with open(path, "wb") as f:
+        for at in range(0, size, MiB):
+            block = os.urandom(min(MiB, size - at))
+            if at == 0:
+                block = FTYP + block[len(FTYP):]
+            f.write(block)
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def sha256_speed(total: int = 256 * MiB) -> float:
-    """MiB/s of hashlib's SHA-256 on this core now: the most any transfer that hashes every byte can reach."""
+    """MiB/s of hashlib's SHA-256 on one core now: the most a transfer that hashes every byte can reach."""
     block = os.urandom(4 * MiB)
     sha = hashlib.sha256()
     started = time.perf_counter()
@@ -186,273 +249,196 @@ def sha256_speed(total: int = 256 * MiB) -> float:
     return total / (time.perf_counter() - started) / MiB
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def curl_pipe(get_url: str, size: int, put_url: str, get_headers: Sequence[str] = ()) -> tuple[float, float]:
+    """``curl GET | curl PUT``: the same bytes with no logic. The PUT states the length, as the
+    fulfiller's does (``curl -T -`` alone would send chunked); if the GET fails, the PUT gives up
+    waiting for the rest of its body after ``--max-time``."""
+    get = ["curl", "-sSf", "--max-time", "600", *(arg for header in get_headers for arg in ("-H", header)), get_url]
+    put = ["curl", "-sSf", "--max-time", "600", "-o", os.devnull, "-T", "-", "-H", "Transfer-Encoding:",
+           "-H", "Expect:", "-H", f"Content-Length: {size}", "-H", "Content-Type: video/mp4", put_url]
+    return timed(["bash", "-o", "pipefail", "-c", f"{shlex.join(get)} | {shlex.join(put)}"])
 
 
-def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
-        return json.loads(resp.read())
+@dataclass
+class Case:
+    source: str
+    size: int
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # per side: each baseline, then "fulfiller"
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # CPU seconds, likewise
+    sha256: list[float] = field(default_factory=list)  # SHA-256 alone on one core, MiB/s, after each baseline
+    hwm: int = 0  # the fulfiller's VmHWM after its jobs
+
+    def add(self, side: str, seconds: float, cpu: float) -> None:
+        self.seconds.setdefault(side, []).append(seconds)
+        self.cpu.setdefault(side, []).append(cpu)
+
+    def mibps(self, side: str) -> float:
+        return self.size / statistics.median(self.seconds[side]) / MiB
+
+    def cpu_per_gib(self, side: str) -> float:
+        return statistics.median(self.cpu[side]) * (1 << 30) / self.size
 
 
-def wait_until(check: Any, timeout: float, what: str, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except OSError:
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
+class TransferBench:
+    """Each size's master through a fresh ``fulfiller serve`` per (source, size), beside plain copies.
 
-
-def make_master(path: Path, size: int) -> str:
-    """Random bytes behind an MP4 ftyp box, written in 1 MiB blocks; returns the SHA-256 hex."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hasher = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            block = os.urandom(min(MiB, left))
-            if left == size:
-                block = FTYP + block[len(FTYP) :]
-            f.write(block)
-            hasher.update(block)
-            left -= len(block)
-    return hasher.hexdigest()
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu() -> float:
-    """User + system CPU seconds of waited-for child processes (and theirs) so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmHWM and VmRSS of ``pid`` in bytes."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-# --- the bench skeleton -------------------------------------------------------------------------
-
-
-class Harness:
-    """The sink, fresh ``fulfiller serve`` processes and their runs; a benchmark adds its source and baselines.
-
-    A subclass sets ``code_prefix`` and ``catalog_name`` and implements :meth:`catalog`, :meth:`run`.
+    A subclass serves the masters (:meth:`start`; they are on disk by then, at
+    :meth:`master`) and gives each source's catalog and baselines; the goals are
+    set against the baseline named ``curl | curl``.
     """
 
-    code_prefix = "SZ"
-    catalog_name = "bench"
-    sink_uvloop = False
+    sources: list[str]
 
-    def __init__(self, args: argparse.Namespace, tmp: Path, env: dict[str, str] | None = None):
-        self.args = args
-        self.tmp = tmp
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
+    def __init__(self, args: argparse.Namespace, tmp: Path):
+        self.args, self.tmp = args, tmp
+        self.env: dict[str, str] | None = None  # the fulfiller's environment (None: this one's)
+        self.procs: list[subprocess.Popen[bytes]] = []  # the helpers, stopped by close()
+        self.hashes: dict[int, str] = {}  # size -> SHA-256 hex of its master
         self.sink = ""
-        self.hashes: dict[str, str] = {}
-        self.fulfiller: subprocess.Popen[bytes] | None = None
-        self.log_path = tmp / "fulfiller.log"
+
+    def start(self) -> None:
+        """Serve the masters from each source."""
+
+    def catalog(self, source: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def baselines(self, source: str) -> dict[str, Copy]:
+        raise NotImplementedError
 
     def code(self, size: int) -> str:
-        return f"{self.code_prefix}-{human(size)}"
+        return f"BENCH-{human(size)}"
 
-    def catalog(self) -> dict[str, Any]:
-        """The catalog the next fulfiller serves from."""
-        raise NotImplementedError
+    def master(self, size: int) -> Path:
+        """Where the master of ``size`` is, laid out as a local catalog finds it."""
+        return self.tmp / "masters" / self.code(size) / "v2" / "en" / "9x16.mp4"
 
-    def callback_timeout(self, size: int) -> float:
-        return 900
-
-    def run(self) -> list[Any]:
-        raise NotImplementedError
-
-    # infrastructure
-
-    def start_sink(self) -> None:
-        cmd = [sys.executable, __file__, "--serve-sink", *(["--uvloop"] if self.sink_uvloop else [])]
+    def helper(self, cmd: list[str]) -> str:
+        """Start a helper process that prints one line when it is ready; that line."""
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
         self.procs.append(proc)
         assert proc.stdout is not None
-        self.sink = f"http://127.0.0.1:{int(proc.stdout.readline())}"
-
-    def records(self) -> list[dict[str, Any]]:
-        return get_json(f"{self.sink}/records")
-
-    def start_fulfiller(self) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        config = {
-            "server": {"host": "127.0.0.1", "port": port},
-            "state": f"sqlite:///{self.tmp / ('state-' + uuid.uuid4().hex[:8] + '.db')}",
-            "receiver": {"secrets": [SECRET]},
-            "admin": {"token": ADMIN_TOKEN},
-            "worker": {
-                "concurrency": 1,
-                "allow_insecure_http": True,
-                "allowed_upload_hosts": ["127.0.0.1"],
-                "allowed_callback_hosts": ["127.0.0.1"],
-                "chunk_bytes": self.args.chunk_bytes,
-            },
-            "catalogs": {self.catalog_name: self.catalog()},
-            "routes": [{"codes": ["*"], "catalog": self.catalog_name}],
-        }
-        path = self.tmp / "config.yaml"
-        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-        with open(self.log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "fulfiller.cli", "serve", "--config", str(path)],
-                                    env=self.env, stdout=log, stderr=log, cwd=self.tmp)
-        self.procs.append(proc)
-        self.fulfiller = proc
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: self.alive() and urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200,
-                   30, "fulfiller serve to answer /healthz", 0.05)
-        return proc, base
-
-    def alive(self) -> bool:
-        """True while the fulfiller runs; its log's tail as the error when it has died."""
-        if self.fulfiller is not None and self.fulfiller.poll() is not None:
-            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-            raise SystemExit(f"fulfiller serve exited with {self.fulfiller.returncode}:\n{tail}")
-        return True
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if not (line := proc.stdout.readline().decode()):
+            raise SystemExit(f"{shlex.join(cmd)} did not start")
+        return line
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        for proc in self.procs:
+            stop(proc)
 
-    @contextmanager
-    def fresh_fulfiller(self, case: Any, warmup_tag: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-        """A fresh fulfiller for one case, after one small warm-up job; its memory goes into ``case``."""
-        proc, base = self.start_fulfiller()
+    def run(self) -> list[Case]:
+        self.sink = f"http://127.0.0.1:{int(self.helper([sys.executable, __file__, '--serve-sink']))}"
+        for size in [WARMUP, *self.args.sizes]:
+            print(f"generating the {human(size)} master ...", flush=True)
+            self.hashes[size] = make_master(self.master(size), size)
+        self.start()
+        return [self.run_case(source, size) for source in self.sources for size in self.args.sizes]
+
+    def run_case(self, source: str, size: int) -> Case:
+        """A fresh fulfiller (its VmHWM is this size's alone) and ``--repeat`` runs of every side."""
+        case = Case(source, size)
+        name = f"{source}-{human(size)}"
+        config = {
+            "state": f"sqlite:///{self.tmp / name}.db",
+            "worker": {"concurrency": 1, "allow_insecure_http": True, "allowed_upload_hosts": ["127.0.0.1"],
+                       "allowed_callback_hosts": ["127.0.0.1"]},
+            "catalogs": {source: self.catalog(source)},
+            "routes": [{"codes": ["*"], "catalog": source}],
+        }
+        proc, base = start_fulfiller(self.tmp, config, worker=True, env=self.env)
         try:
-            self.run_fulfiller(base, WARMUP, f"{warmup_tag}-{uuid.uuid4().hex[:6]}")
-            case.hwm_warm = proc_status(proc.pid)["VmHWM"]
-            yield proc, base
-            status = proc_status(proc.pid)
-            case.hwm, case.rss = status["VmHWM"], status["VmRSS"]
+            self.send_event(proc, base, WARMUP, f"{name}-warmup")
+            for i in range(self.args.repeat):
+                for j, (side, copy) in enumerate(self.baselines(source).items()):
+                    case.add(side, *copy(size, f"{self.sink}/upload/{name}-{i}-{j}"))
+                    self.expect_upload(f"{name}-{i}-{j}", size)
+                case.sha256.append(sha256_speed())
+                case.add("fulfiller", *self.send_event(proc, base, size, f"{name}-{i}"))
+                print(f"  {name} run {i + 1}: " + ", ".join(
+                    f"{side} {size / sides[-1] / MiB:.0f}" for side, sides in case.seconds.items()) + " MiB/s",
+                    flush=True)
+            case.hwm = vm_hwm(proc.pid)
         finally:
-            self.stop(proc)
+            stop(proc)
+        return case
 
-    # one transfer through the fulfiller
-
-    def run_fulfiller(self, base: str, size: int, tag: str) -> tuple[float, float, float]:
-        """End-to-end seconds (event POST to callback received), the upload step's own seconds, and the
-        fulfiller's CPU seconds from the POST to the callback.
-
-        The time is the sink's (callback arrival) less this process's (event sent): one clock, one machine.
-        """
+    def send_event(self, proc: subprocess.Popen[bytes], base: str, size: int, tag: str) -> tuple[float, float]:
+        """One signed event for the master of ``size``: seconds from its POST to its callback at the sink
+        (one clock: this machine's), and the fulfiller's CPU seconds meanwhile. Checks the upload and the
+        callback's contentHash."""
         from fulfiller.ops.testevent import sample_event, signed_headers
 
-        assert self.fulfiller is not None
-        code = self.code(size)
-        upload = f"{self.sink}/upload/{tag}?X-Amz-Signature=bench"
-        callback = f"{self.sink}/callback/{tag}"
-        body = json.dumps(sample_event(upload, callback, code=code)).encode()
+        event = sample_event(f"{self.sink}/upload/{tag}?X-Amz-Signature=bench", f"{self.sink}/callback/{tag}",
+                             code=self.code(size))
+        body = json.dumps(event).encode()
         headers = signed_headers(body, [SECRET], topic="video.source_requested", event_id=f"evt_{tag}")
-        cpu_before = process_cpu(self.fulfiller.pid)
-        started = time.time()
-        req = urllib.request.Request(f"{base}/webhooks/outpost", data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            assert resp.status == 202, resp.status
-            event = json.loads(resp.read())
-        assert event["status"] == "accepted"
+        cpu, started = cpu_s(proc.pid), time.time()
+        request = urllib.request.Request(f"{base}/webhooks/outpost", data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 202, response.status
 
-        def callback_in() -> dict[str, Any] | None:
-            self.alive()
+        def callback() -> dict[str, Any] | None:
+            if proc.poll() is not None:
+                raise SystemExit(f"fulfiller serve exited with {proc.returncode}:\n{tail(self.tmp / 'fulfiller.log')}")
             return next((r for r in self.records() if r["path"] == f"/callback/{tag}"), None)
 
-        # Not the admin API: polling it would spend the fulfiller's CPU during the measurement.
-        record = wait_until(callback_in, self.callback_timeout(size), f"the callback of {tag} (see {self.log_path})",
-                            0.02)
-        elapsed = record["finished"] - started
-        cpu = process_cpu(self.fulfiller.pid) - cpu_before
-        self.expect_upload(f"/upload/{tag}", size)
-        got = json.loads(record["body"])
-        if got.get("contentHash") != f"sha256:{self.hashes[code]}":
-            raise SystemExit(f"wrong contentHash for {tag}: {got}")
-        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        listed = get_json(f"{base}/admin/jobs?limit=1", auth)["jobs"][0]
+        # The sink, not the admin API: polling the fulfiller would spend its CPU during the measurement.
+        record = wait_until(callback, 60 + size / (10 * MiB), f"the callback of {tag}")
+        elapsed, cpu = record["finished"] - started, cpu_s(proc.pid) - cpu
+        self.expect_upload(tag, size)
+        if json.loads(record["body"]).get("contentHash") != f"sha256:{self.hashes[size]}":
+            raise SystemExit(f"wrong callback for {tag}: {record['body']}\n{tail(self.tmp / 'fulfiller.log')}")
+        return elapsed, cpu
 
-        def finished() -> dict[str, Any] | None:  # the final status is committed just after the callback
-            job = get_json(f"{base}/admin/jobs/{listed['id']}", auth)
-            return job if job["status"] not in ("queued", "running") else None
+    def records(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.sink}/records", timeout=30) as response:
+            return json.loads(response.read())
 
-        job = wait_until(finished, 30, f"job {listed['id']} to finish", 0.02)
-        if job["status"] != "completed":
-            raise SystemExit(f"job {job['id']} ended {job['status']}: {job.get('error')}")
-        upload_ms = sum(a["duration_ms"] for a in job["attempts"] if a["step"] == "upload")
-        return elapsed, upload_ms / 1000, cpu
-
-    def expect_upload(self, path: str, size: int) -> None:
-        got = [r for r in self.records() if r["path"] == path]
+    def expect_upload(self, tag: str, size: int) -> None:
+        got = [r for r in self.records() if r["path"] == f"/upload/{tag}"]
         if len(got) != 1 or got[0]["bytes"] != size or got[0]["declared"] != size:
-            raise SystemExit(f"sink saw {got} for {path}, expected one PUT of {size} bytes")
+            raise SystemExit(f"the sink saw {got} for {tag}, expected one PUT of {size} bytes")
 
 
-# --- options and the run --------------------------------------------------------------------------
+def report(cases: list[Case]) -> bool:
+    """Each case's medians; True when the goals are met."""
+    ok = True
+    print("\nmedian of each side's runs; CPU seconds per GiB moved; ratio = fulfiller / that side")
+    for case in cases:
+        fulfiller = case.mibps("fulfiller")
+        print(f"{case.source} {human(case.size)}:")
+        for side in case.seconds:
+            ratio = "" if side == "fulfiller" else f"  ratio {fulfiller / case.mibps(side):.2f}"
+            print(f"  {side:<12} {case.mibps(side):6.0f} MiB/s  {case.cpu_per_gib(side):5.2f} CPU-s/GiB{ratio}")
+        print(f"  peak RSS (VmHWM) {case.hwm / 1e6:.1f} MB; SHA-256 alone on one core "
+              f"{statistics.median(case.sha256):.0f} MiB/s")
+        ok &= fulfiller / case.mibps("curl | curl") >= 0.9 and case.hwm < 150e6
+    print("goals, ratio to curl | curl >= 0.9 and VmHWM < 150 MB:", "met" if ok else "NOT met")
+    return ok
 
 
 def arg_parser(doc: str | None) -> argparse.ArgumentParser:
-    """The options every benchmark has: --sizes, --repeat, --chunk-bytes, --keep."""
+    """The options every transfer benchmark has: --sizes, --repeat."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="100M,1G", type=lambda s: [parse_size(x) for x in s.split(",")])
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each side per case (median reported)")
-    parser.add_argument("--chunk-bytes", type=int, default=1 << 20, help="worker.chunk_bytes for the fulfiller")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (masters, logs)")
+    parser.add_argument("--sizes", default="100M,1G", type=lambda s: [parse_size(x) for x in s.split(",")],
+                        help="master sizes (default 100M,1G)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side per case; medians reported")
     return parser
 
 
-def run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace, bench_class: type[Harness],
-              prefix: str, report: Callable[[list[Any]], bool]) -> int:
-    """Run the benchmark in a temporary folder and report; the exit status: 0 when its goals are met."""
+def run(bench_class: Callable[[argparse.Namespace, Path], TransferBench], args: argparse.Namespace) -> int:
+    """Run a transfer benchmark in a temporary folder; the exit status: 0 when its goals are met."""
     if not shutil.which("curl"):
-        parser.error("curl is needed for the baseline")
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        sys.exit("curl is needed for the baselines")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     bench = bench_class(args, tmp)
     try:
-        ok = report(bench.run())
+        return 0 if report(bench.run()) else 1
     finally:
         bench.close()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if ok else 1
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--serve-sink"]:
-        sys.exit("usage: harness.py --serve-sink [--uvloop]  (the benchmarks import this module)")
-    serve_sink(use_uvloop="--uvloop" in sys.argv[2:])
+    if sys.argv[1:] != ["--serve-sink"]:
+        sys.exit("usage: harness.py --serve-sink  (the benchmarks import this module)")
+    serve_sink()
