@@ -2,7 +2,9 @@
 the sink (a minimal upload target and callback recorder, in its own process so that what is measured is
 the sender), the run of one master per size through a fresh ``fulfiller serve``, and the report.
 
-The benchmarks import this module as a sibling: their own folder is first on ``sys.path``.
+The benchmarks import this module as a sibling: their own folder is first on ``sys.path``. It is
+longer than one concept's module because it holds every piece two benchmarks would otherwise repeat,
+so that each benchmark script reads top to bottom as what it measures.
 """
 
 from __future__ import annotations
