@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import textwrap
@@ -132,7 +133,8 @@ def test_catalog_defaults() -> None:
 
 
 def test_standard_mode_defaults_its_header_prefix_and_custom_prefixes_are_lowercased() -> None:
-    standard = parse_config(MINIMAL.replace("receiver:\n", "receiver:\n  mode: standard\n"), env={})
+    text = MINIMAL.replace("receiver:\n", "receiver:\n  mode: standard\n").replace("whsec_x", "whsec_c2VjcmV0")
+    standard = parse_config(text, env={})
     assert standard.receiver.prefix == "webhook-"
     custom = parse_config(MINIMAL.replace("receiver:\n", "receiver:\n  header_prefix: X-Acme-\n"), env={})
     assert custom.receiver.prefix == "x-acme-"
@@ -217,6 +219,36 @@ def test_a_set_but_empty_secret_is_refused() -> None:
     assert "empty" in errors["receiver.secrets"]
 
 
+def test_commands_that_only_read_take_a_config_without_secrets() -> None:
+    """``need_secrets=False``: secrets whose variable is unset or empty are left out; the rest still apply."""
+    text = MINIMAL.replace('"whsec_x"', '"${CUR}", "${PREV}"') + "admin:\n  token: ${TOKEN}\n"
+    lenient = parse_config(text, env={"TOKEN": "t" * 16}, need_secrets=False)
+    assert lenient.receiver.secrets == []
+    assert parse_config(text, env={"TOKEN": "t" * 16, "PREV": "p", "CUR": ""},
+                        need_secrets=False).receiver.secrets == ["p"]
+    no_receiver = MINIMAL.replace('receiver:\n  secrets: ["whsec_x"]\n', "")
+    assert parse_config(no_receiver, env={}, need_secrets=False).receiver.secrets == []
+    # Only the secrets may be missing: any other unset variable is still an error.
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={}, need_secrets=False)
+    assert dict(info.value.errors) == {"admin.token": "environment variable TOKEN is not set"}
+
+
+def test_a_secret_the_mode_cannot_use_names_its_key() -> None:
+    """Standard Webhooks secrets are base64: one that is not would fail every delivery, so it fails here."""
+    good = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    text = MINIMAL.replace("receiver:\n", "receiver:\n  mode: standard\n").replace(
+        '"whsec_x"', f'"{good}", "whsec_not base64!"')
+    errors = errors_of(text)
+    assert errors == {"receiver.secrets.1": "a Standard Webhooks secret is not valid base64 (expected whsec_<base64>)"}
+    # Also when the secret is only checked, not needed (a read-only command given it).
+    with pytest.raises(ConfigError):
+        parse_config(text, env={}, need_secrets=False)
+    # The same string is a fine Outpost secret: Outpost keys on the text as issued.
+    assert parse_config(text.replace("mode: standard", "mode: outpost"), env={}).receiver.secrets[1] == (
+        "whsec_not base64!")
+
+
 # --- unknown keys and bad values ---------------------------------------------------------------
 
 
@@ -278,7 +310,7 @@ def test_every_layout_placeholder_spec_lists_is_allowed() -> None:
 
 
 @pytest.mark.parametrize("text, path", [
-    (MINIMAL.replace("receiver:\n  secrets: [\"whsec_x\"]\n", ""), "receiver"),
+    (MINIMAL.replace("receiver:\n  secrets: [\"whsec_x\"]\n", ""), "receiver.secrets"),
     (MINIMAL.replace('["whsec_x"]', "[]"), "receiver.secrets"),
     (MINIMAL.replace("local: {type: local}", "local: {type: ftp}"), "catalogs.local"),
     (MINIMAL.replace("local: {type: local}", "s3: {type: s3}").replace("catalog: local", "catalog: s3"),
@@ -354,11 +386,15 @@ def test_unreadable_file(tmp_path: Path) -> None:
 # --- fulfiller check-config ----------------------------------------------------------------------
 
 
-def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def fulfiller(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k not in ("FULFILLER_CONFIG", "OUTPOST_SIGNING_SECRET")}
     full_env.update(env or {})
-    return subprocess.run([*fulfiller_command(), "check-config", *args], capture_output=True, text=True,
-                          env=full_env, timeout=60)
+    return subprocess.run([*fulfiller_command(), *args], capture_output=True, text=True, env=full_env, timeout=60,
+                          check=False)
+
+
+def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return fulfiller("check-config", *args, env=env)
 
 
 def test_check_config_ok_exits_0(tmp_path: Path) -> None:
@@ -403,10 +439,110 @@ def test_check_config_lists_each_bad_key_and_exits_2(tmp_path: Path) -> None:
 
 def test_check_config_missing_env_var_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "env.yaml"
-    path.write_text(SPEC_EXAMPLE)
-    done = check_config("--config", str(path))
+    path.write_text(SPEC_EXAMPLE.replace("${GOOGLE_APPLICATION_CREDENTIALS:-}", "${FULFILLER_TEST_KEY_FILE}"))
+    done = check_config("--config", str(path), env={"OUTPOST_SIGNING_SECRET": "whsec_cli"})
     assert done.returncode == 2
-    assert "receiver.secrets.0: environment variable OUTPOST_SIGNING_SECRET is not set" in done.stderr
+    assert "catalogs.masters-drive.credentials_file: environment variable FULFILLER_TEST_KEY_FILE is not set" in (
+        done.stderr)
     done = check_config("--config", str(tmp_path / "absent.yaml"))
     assert done.returncode == 2
     assert "(file): cannot read" in done.stderr
+
+
+def test_check_config_needs_no_signing_secret_but_says_serve_does(tmp_path: Path) -> None:
+    path = tmp_path / "env.yaml"
+    path.write_text(SPEC_EXAMPLE)
+    done = check_config("--config", str(path))  # OUTPOST_SIGNING_SECRET unset
+    assert done.returncode == 0, done.stderr
+    assert "note: receiver.secrets: not set here; serve and worker need it" in done.stdout.splitlines()
+    served = fulfiller("serve", "--config", str(path))
+    assert served.returncode == 2
+    assert "  receiver.secrets.0: environment variable OUTPOST_SIGNING_SECRET is not set" in served.stderr
+
+
+def test_check_config_and_serve_refuse_a_secret_the_mode_cannot_use(tmp_path: Path) -> None:
+    path = tmp_path / "standard.yaml"
+    path.write_text(MINIMAL.replace("receiver:\n", "receiver:\n  mode: standard\n"))
+    for command in ("check-config", "serve"):
+        done = fulfiller(command, "--config", str(path))
+        assert done.returncode == 2, command
+        assert "  receiver.secrets.0: a Standard Webhooks secret is not valid base64" in done.stderr, command
+        assert "Traceback" not in done.stderr
+
+
+def unusable_states(tmp: Path) -> dict[str, tuple[str, str]]:
+    """Each state URL serve could not open, with the words the refusal says it in."""
+    (tmp / "folder.db").mkdir()
+    (tmp / "notes.txt").write_text("not a database")
+    return {
+        "a directory": (f"sqlite:///{tmp}/folder.db", f"{tmp}/folder.db is a directory"),
+        "not SQLite": (f"sqlite:///{tmp}/notes.txt", f"{tmp}/notes.txt is not a SQLite database"),
+        "under a file": (f"sqlite:///{tmp}/notes.txt/sub/f.db", f"{tmp}/notes.txt is not a directory"),
+        "no path": ("sqlite:///", "sqlite URL needs a path"),
+        "bad option": ("sqlite:///f.db?busy_timeout_ms=soon", "not a usable state URL"),
+        "bad postgres URL": ("postgresql://u:hunter2@db/x?nonsense=1", 'invalid URI query parameter: "nonsense"'),
+    }
+
+
+@pytest.mark.parametrize("problem", ["a directory", "not SQLite", "under a file", "no path", "bad option",
+                                     "bad postgres URL"])
+def test_check_config_and_serve_refuse_a_state_they_cannot_open(tmp_path: Path, problem: str) -> None:
+    url, says = unusable_states(tmp_path)[problem]
+    path = tmp_path / "state.yaml"
+    path.write_text(MINIMAL + f'state: "{url}"\n')
+    for command in ("check-config", "serve"):
+        done = fulfiller(command, "--config", str(path))
+        assert done.returncode == 2, (command, done.stderr)
+        [line] = [line.strip() for line in done.stderr.splitlines() if line.strip().startswith("state:")]
+        assert says in line, (command, line)
+        assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "notes.txt").read_text() == "not a database"  # looked at, never written
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
+def test_check_config_refuses_a_state_folder_it_cannot_write(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    path = tmp_path / "state.yaml"
+    path.write_text(MINIMAL + f"state: sqlite:///{locked}/new/f.db\n")
+    done = check_config("--config", str(path))
+    assert done.returncode == 2
+    assert f"state: cannot create files in {locked}" in done.stderr
+
+
+def test_check_config_takes_a_state_folder_serve_would_create(tmp_path: Path) -> None:
+    path = tmp_path / "state.yaml"
+    path.write_text(MINIMAL + f"state: sqlite:///{tmp_path}/data/fulfiller/f.db\n")
+    done = check_config("--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"note: state: {tmp_path}/data/fulfiller does not exist yet; serve creates it" in done.stdout
+    assert not (tmp_path / "data").exists()
+
+
+def test_check_config_probe_lists_each_catalog_root_and_names_the_ones_it_cannot(tmp_path: Path) -> None:
+    (tmp_path / "masters" / "HRT-1").mkdir(parents=True)
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "probe.yaml"
+    path.write_text(textwrap.dedent(f"""
+        state: sqlite:///{tmp_path}/f.db
+        catalogs:
+          here: {{type: local, root: "{tmp_path}/masters"}}
+          unmounted: {{type: local, root: "{tmp_path}/mnt/masters"}}
+          not-a-folder: {{type: local, root: "{tmp_path}/a-file"}}
+          no-key: {{type: drive, root_folder_id: abc, credentials_file: "{tmp_path}/absent-key.json"}}
+        routes: [{{catalog: here}}]
+        """))
+    done = check_config("--config", str(path), "--probe")
+    assert done.returncode == 2
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    assert f"here: ok: local folder {tmp_path}/masters: 1 items" in lines
+    assert f"unmounted: FAILED: catalog unmounted: cannot list root folder {tmp_path}/mnt/masters: " \
+           "No such file or directory" in lines
+    assert f"not-a-folder: FAILED: catalog not-a-folder: cannot list root folder {tmp_path}/a-file: " \
+           "Not a directory" in lines
+    assert any(line.startswith("no-key: FAILED: drive: no usable credentials") for line in lines)  # not built
+    assert "Traceback" not in done.stderr
+    path.write_text(path.read_text().replace("mnt/masters", "masters").replace("a-file", "masters")
+                    .replace("no-key:", "# no-key:"))
+    assert check_config("--config", str(path), "--probe").returncode == 0

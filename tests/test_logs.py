@@ -3,8 +3,9 @@
 The formatters: one JSON object a line (tracebacks included), ``event_id`` and
 ``job_id`` carried through, URLs redacted in messages, fields and exceptions.
 The process: a scripted run (a retried upload, a retried callback, a refused
-upload, a bad signature, admin calls, a rerun) with its stderr captured, then
-the whole log searched for every credential the run handled.
+upload, an invalid request, a bad signature, admin calls, a rerun) with its
+stderr captured; the lines an operator reads for each are there, and the whole
+log holds none of the credentials the run handled.
 """
 
 from __future__ import annotations
@@ -318,7 +319,8 @@ def test_closing_writes_what_waits(block_log: tuple[Path, BlockHandler]) -> None
 
 
 def test_fields_are_the_documented_set() -> None:
-    assert {"event_id", "job_id", "status", "step", "http_status", "duration_ms", "reason"} <= set(FIELDS)
+    assert {"event_id", "job_id", "status", "step", "http_status", "duration_ms", "reason", "client",
+            "path"} <= set(FIELDS)
 
 
 # --- a whole run through fulfiller serve --------------------------------------------------
@@ -372,6 +374,12 @@ def test_no_credential_reaches_the_log_of_a_real_run(tmp_path: Path) -> None:
             assert proc.admin("POST", f"/admin/jobs/{bad_id}/rerun").status_code == 202
             assert proc.wait_for_job(bad_id, timeout=TIMEOUT_S)["status"] == "completed"
 
+            # A signed request the platform's documentation does not allow: stored, its job invalid at once.
+            invalid = event("LOG-KIND")[0]
+            invalid["creative"]["kind"] = "hologram"
+            invalid_job = proc.job(proc.deliver(invalid))
+            assert invalid_job["status"] == "invalid"
+
             # Refused deliveries and admin calls with a wrong token.
             body = json.dumps(event("LOG-NONE")[0]).encode()
             headers = signed_headers(body, ["not-" + receiver_secret], topic="video.source_requested",
@@ -388,6 +396,17 @@ def test_no_credential_reaches_the_log_of_a_real_run(tmp_path: Path) -> None:
     assert any(p.get("job_id") == ok_job["id"] and p.get("event_id") == ok_job["event_id"] for p in parsed)
     assert any(p.get("step") == "upload" and p.get("http_status") == 503 for p in parsed)  # the run was logged
     assert any(p.get("outcome") == "bad_signature" for p in parsed)
+    # What an operator reads: the invalid job, the refused delivery and every admin call, with who made it.
+    [invalid_line] = [p for p in parsed if p.get("job_id") == invalid_job["id"] and p.get("status") == "invalid"]
+    assert (invalid_line["level"], invalid_line["msg"], invalid_line["code"]) == ("warning", "job invalid", "LOG-KIND")
+    assert invalid_line["event_id"] == invalid_job["event_id"] and "kind" in invalid_line["reason"]
+    assert [(p["level"], p["reason"], p["http_status"], p["client"]) for p in parsed
+            if p["msg"].startswith("delivery refused")] == [("warning", "bad_signature", 401, "127.0.0.1")]
+    assert [(p["level"], p["msg"], p.get("job_id"), p.get("outcome"), p["client"], p.get("path")) for p in parsed
+            if p["logger"] == "fulfiller.admin"] == [
+        ("info", "admin rerun queued", bad_id, "queued", "127.0.0.1", None),
+        ("warning", "admin token refused", None, None, "127.0.0.1", "/admin/jobs"),
+    ]
     assert any(p["level"] == "debug" for p in parsed)
     leaks = {what: value for what, value in credentials.items() if value in log}
     assert not leaks, f"credentials in the log: {sorted(leaks)}"

@@ -1,25 +1,34 @@
-"""``GET /metrics`` after a scripted run through a real ``fulfiller serve`` process.
+"""``GET /metrics`` after a scripted run through a real ``fulfiller serve`` process, and what a scrape
+costs the store.
 
 The run: a few accepted events, a duplicate, a bad signature, an oversize body
 and a body that is not a JSON object; one job completes after its first upload
 is held and then answered 503 (so it is retried), one is skipped (no master).
 With one worker slot, the second job waits while the first upload hangs, which
-is when the queue gauges are checked. Every wait polls with a deadline.
+is when the queue gauges are checked. Every wait polls with a deadline (the queue
+gauges may be a few seconds old: a scrape reuses the store's last answer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fulfiller import version
+from fulfiller.intake.admission import Delivery
+from fulfiller.metrics import Metrics
 from fulfiller.ops.testevent import signed_headers
+from fulfiller.store.base import Stats
+from fulfiller.store.sqlite import SQLiteStore
+from store.builders import request_body
 from support.fulfiller_proc import FulfillerProcess, attempts
 from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
 
@@ -37,8 +46,12 @@ def scrape(proc: FulfillerProcess) -> Samples:
     response = proc.http.get(f"{proc.base_url}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+def parse(text: str) -> Samples:
     samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return samples
@@ -124,6 +137,7 @@ def test_metrics_follow_a_scripted_run(proc: FulfillerProcess, platform: Platfor
     shutil.copyfile(MEDIA / "9x16.mp4", folder / "9x16.mp4")
 
     before = scrape(proc)
+    assert value(before, "fulfiller_build_info", version=version()) == 1
     assert total(before, "fulfiller_deliveries_total") == 0
     assert value(before, "fulfiller_ack_latency_seconds_count") == 0
     assert value(before, "fulfiller_uploaded_bytes_total") == 0
@@ -153,9 +167,9 @@ def test_metrics_follow_a_scripted_run(proc: FulfillerProcess, platform: Platfor
     assert post(proc, b"[1, 2, 3]") == 400
 
     job_a = proc.job_for_event(id_a)["id"]
-    queued = scrape(proc)
-    assert value(queued, "fulfiller_jobs", status="running") == 1
-    assert value(queued, "fulfiller_jobs", status="queued") == 1
+    queued = wait_for_metrics(
+        proc, lambda s: (value(s, "fulfiller_jobs", status="running"), value(s, "fulfiller_jobs", status="queued"))
+        == (1, 1), "A running and B queued")
     assert 0 < value(queued, "fulfiller_oldest_queued_job_age_seconds") < TIMEOUT_S
     assert total(queued, "fulfiller_jobs_finished_total") == 0
     assert value(queued, "fulfiller_upload_duration_seconds_count") == 0  # A's first try is still in flight
@@ -169,8 +183,11 @@ def test_metrics_follow_a_scripted_run(proc: FulfillerProcess, platform: Platfor
     done_b = proc.wait_for_job(job_b, timeout=TIMEOUT_S)
     assert done_b["status"] == "skipped", done_b
 
-    # The counter moves just after the store commits the final status: poll, don't race.
-    after = wait_for_metrics(proc, lambda s: total(s, "fulfiller_jobs_finished_total") >= 2, "2 finished jobs")
+    # The counter moves just after the store commits the final status, and the gauges follow the store's
+    # next answer: poll, don't race.
+    after = wait_for_metrics(
+        proc, lambda s: total(s, "fulfiller_jobs_finished_total") >= 2 and total(s, "fulfiller_jobs") == 2
+        and value(s, "fulfiller_jobs", status="completed") == 1, "2 finished jobs")
 
     deliveries = {
         (dict(ls)["topic"], dict(ls)["outcome"]): v
@@ -210,3 +227,60 @@ def test_metrics_follow_a_scripted_run(proc: FulfillerProcess, platform: Platfor
     assert gauges["completed"] == 1 and gauges["skipped"] == 1
     assert sum(gauges.values()) == 2, gauges  # queued, running and the rest are 0
     assert value(after, "fulfiller_oldest_queued_job_age_seconds") == 0
+
+
+# -- what a scrape costs the store ---------------------------------------------------------------
+
+
+class CountedStore(SQLiteStore):
+    """A real store that counts its stats queries, each held at ``gate`` until the test opens it."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.queries = 0
+        self.gate = asyncio.Event()
+
+    async def stats(self) -> Stats:
+        self.queries += 1
+        await self.gate.wait()
+        return await super().stats()
+
+
+@pytest.fixture
+async def counted(tmp_path: Path) -> AsyncIterator[CountedStore]:
+    store = CountedStore(f"sqlite:///{tmp_path / 'state.db'}")
+    await store.open()
+    yield store  # pytest closes it after the test, whatever its outcome
+    await store.close()
+
+
+async def add_job(store: SQLiteStore, code: str) -> None:
+    body = json.dumps(request_body(code)).encode()
+    assert await store.ingest(Delivery(f"evt_{code}", REQUESTED, body, time.time()))
+
+
+async def test_concurrent_scrapes_share_one_stats_query(counted: CountedStore) -> None:
+    await add_job(counted, "MET-1")
+    metrics = Metrics()
+    scrapes = [asyncio.ensure_future(metrics.render(counted)) for _ in range(20)]
+    await asyncio.sleep(0)  # one turn of the loop: every scrape has asked, the first query still held
+    counted.gate.set()
+    pages = await asyncio.gather(*scrapes)
+    assert counted.queries == 1
+    assert {value(parse(page.decode()), "fulfiller_jobs", status="queued") for page in pages} == {1}
+
+
+async def test_a_scrape_reuses_the_stats_until_they_are_stats_cache_s_old(counted: CountedStore) -> None:
+    counted.gate.set()
+    metrics = Metrics(stats_cache_s=3600)
+    assert value(parse((await metrics.render(counted)).decode()), "fulfiller_jobs", status="queued") == 0
+    await add_job(counted, "MET-2")
+    for _ in range(5):
+        page = parse((await metrics.render(counted)).decode())
+        assert value(page, "fulfiller_jobs", status="queued") == 0  # the cached answer
+    assert counted.queries == 1
+
+    metrics.stats_cache_s = 0  # as if the hour had passed
+    page = parse((await metrics.render(counted)).decode())
+    assert value(page, "fulfiller_jobs", status="queued") == 1
+    assert counted.queries == 2

@@ -2,94 +2,39 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from types import SimpleNamespace
 
 import httpx
 import pytest
 
-from fulfiller import retry
 from fulfiller.delivery.callback import post_callback
 from fulfiller.delivery.transfer import Refused, transient_for
-from fulfiller.retry import Transient, parse_retry_after, with_retries
+from fulfiller.retry import Transient, backoff, next_try, parse_retry_after
 
 
-class Flaky:
-    """Fails with ``failures`` (in order), then returns "ok"; records when each call started."""
-
-    def __init__(self, *failures: BaseException):
-        self.failures = list(failures)
-        self.calls: list[float] = []
-
-    async def __call__(self) -> str:
-        self.calls.append(time.monotonic())
-        if self.failures:
-            raise self.failures.pop(0)
-        return "ok"
+def test_the_first_wait_is_within_the_first_window() -> None:
+    waits = [backoff(1, Transient("503"), base_s=0.01, cap_s=0.05) for _ in range(200)]
+    assert all(0 <= w <= 0.01 for w in waits)
+    assert len(set(waits)) > 1  # jittered: workers retrying together spread out
 
 
-async def test_transient_failures_are_retried_until_success() -> None:
-    fn = Flaky(Transient("503"), Transient("503"))
-    waits: list[float] = []
-    result = await with_retries(fn, deadline=time.time() + 10, base_s=0.01, cap_s=0.05,
-                                on_retry=lambda exc, wait: waits.append(wait))
-    assert result == "ok"
-    assert len(fn.calls) == 3
-    assert len(waits) == 2 and all(0 <= w <= 0.05 for w in waits)
+def test_the_window_doubles_with_each_failure_up_to_the_cap() -> None:
+    assert max(backoff(3, Transient("503"), base_s=0.01, cap_s=10) for _ in range(500)) > 0.02
+    assert all(backoff(3, Transient("503"), base_s=0.01, cap_s=10) <= 0.04 for _ in range(500))
+    assert all(backoff(n, Transient("503"), base_s=0.005, cap_s=0.02) <= 0.02 for n in range(1, 40))
 
 
-async def test_other_errors_are_not_retried() -> None:
-    fn = Flaky(ValueError("bug"))
-    with pytest.raises(ValueError, match="bug"):
-        await with_retries(fn, deadline=time.time() + 10, base_s=0.01, cap_s=0.05)
-    assert len(fn.calls) == 1
+def test_retry_after_is_honoured_over_a_shorter_backoff() -> None:
+    assert backoff(1, Transient("429", http_status=429, retry_after=0.3), base_s=0.001, cap_s=0.01) == 0.3
 
 
-async def test_retry_after_is_honoured_over_a_shorter_backoff() -> None:
-    fn = Flaky(Transient("429", http_status=429, retry_after=0.3))
-    waits: list[float] = []
-    await with_retries(fn, deadline=time.time() + 10, base_s=0.001, cap_s=0.01,
-                       on_retry=lambda exc, wait: waits.append(wait))
-    assert waits == [pytest.approx(0.3)]
-    assert fn.calls[1] - fn.calls[0] >= 0.29
-
-
-async def test_backoff_is_capped() -> None:
-    fn = Flaky(*[Transient("503") for _ in range(8)])
-    waits: list[float] = []
-    await with_retries(fn, deadline=time.time() + 10, base_s=0.005, cap_s=0.02,
-                       on_retry=lambda exc, wait: waits.append(wait))
-    assert len(waits) == 8 and max(waits) <= 0.02
-
-
-async def test_it_stops_before_the_deadline_rather_than_sleep_past_it() -> None:
-    fn = Flaky(*[Transient("503") for _ in range(1000)])
-    started = time.time()
-    deadline = started + 0.4
-    with pytest.raises(Transient):
-        await with_retries(fn, deadline=deadline, base_s=0.02, cap_s=0.05)
-    # Gave up at the deadline (give or take scheduling on a loaded machine), not retried on.
-    assert time.time() < deadline + 0.3
-    assert len(fn.calls) >= 3  # and did use the time there was
-    assert all(t - fn.calls[0] < 0.4 for t in fn.calls)
-
-
-async def test_a_retry_after_reaching_past_the_deadline_stops_at_once() -> None:
-    fn = Flaky(Transient("503", http_status=503, retry_after=30))
-    started = time.monotonic()
-    with pytest.raises(Transient, match="503"):
-        await with_retries(fn, deadline=time.time() + 5, base_s=0.01, cap_s=0.05)
-    assert len(fn.calls) == 1
-    assert time.monotonic() - started < 1  # no 30 s sleep into a deadline it would miss
-
-
-async def test_a_deadline_already_past_still_makes_one_try_and_no_retry() -> None:
-    fn = Flaky(Transient("503"))
-    with pytest.raises(Transient):
-        await with_retries(fn, deadline=time.time() - 1, base_s=0.01, cap_s=0.05)
-    assert len(fn.calls) == 1
+def test_no_next_try_when_the_wait_would_reach_the_deadline() -> None:
+    now = 1_000.0
+    assert next_try(1, Transient("503"), deadline=now + 5, base_s=0.01, cap_s=0.05, now=now) is not None
+    assert next_try(1, Transient("503", retry_after=30), deadline=now + 5, base_s=0.01, cap_s=0.05, now=now) is None
+    # A deadline already past: no retry however short the wait.
+    assert next_try(1, Transient("503"), deadline=now - 1, base_s=0.01, cap_s=0.05, now=now) is None
 
 
 @pytest.mark.parametrize(
@@ -171,17 +116,3 @@ async def test_callback_transport_errors_say_whether_the_request_may_have_landed
         await _post(error)
     assert caught.value.http_status is None
     assert caught.value.maybe_delivered is maybe_delivered
-
-
-async def test_a_wait_that_overruns_the_deadline_starts_no_new_try(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a busy machine a wait can end later than asked: past the deadline, no new try starts."""
-    clock = [1_000.0]
-    monkeypatch.setattr(retry, "time", SimpleNamespace(time=lambda: clock[0]))
-    fn = Flaky(Transient("503"), Transient("503"))
-
-    def overrun(exc: Transient, wait_s: float) -> None:  # the retry was planned in time; the wait runs over
-        clock[0] += 10
-
-    with pytest.raises(Transient, match="503"):
-        await with_retries(fn, deadline=clock[0] + 5, base_s=0.001, cap_s=0.002, on_retry=overrun)
-    assert len(fn.calls) == 1

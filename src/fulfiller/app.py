@@ -57,7 +57,7 @@ class _App(Starlette):
 
 def create_app(config: Config, *, store: Store | None = None, service: Service | None = None) -> Starlette:
     """The whole HTTP surface for ``config``; ``service`` runs alongside (workers in ``serve``)."""
-    store = store or open_store(config.state)
+    store = store or open_store(config.state, serving=True)
     metrics = Metrics()
     receiver = Receiver(config.receiver, store, metrics)
     admin = AdminApi(store, config.admin.token) if config.admin.token else None

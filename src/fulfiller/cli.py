@@ -4,31 +4,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fulfiller import version
 from fulfiller.config import Config, ConfigError, load_config
 from fulfiller.logs import setup_logging
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIP = 0, 1, 2, 3
 
+log = logging.getLogger(__name__)
 
-def _config(args: argparse.Namespace) -> Config:
+
+def _config(args: argparse.Namespace, *, need_secrets: bool = False) -> Config:
+    """The config file; only ``serve`` and ``worker`` need ``receiver.secrets`` set (see parse_config)."""
     path = args.config or os.environ.get("FULFILLER_CONFIG")
     if not path:
         raise ConfigError([("--config", "give --config PATH or set FULFILLER_CONFIG")])
-    return load_config(path)
+    return load_config(path, need_secrets=need_secrets)
+
+
+def _startable(args: argparse.Namespace) -> Config:
+    """The config of a process that serves: refused, as a config error, for whatever it could not start with."""
+    from fulfiller.preflight import check_state
+
+    config = _config(args, need_secrets=True)
+    for note in check_state(config.state):
+        log.info(note)
+    log.info("fulfiller %s starting: %s", version(), args.command)
+    return config
+
+
+def _with_store(args: argparse.Namespace) -> Config:
+    """The config of a command that opens the store: a state it could not open is a config error."""
+    from fulfiller.preflight import check_state
+
+    config = _config(args)
+    check_state(config.state)
+    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = _startable(args)  # before the server's imports: a config error comes first, and fast
+
     import uvicorn
 
     from fulfiller.app import create_app
     from fulfiller.delivery.worker import worker_service
 
-    config = _config(args)
     app = create_app(config, service=None if args.no_worker else worker_service(config))
     uvicorn.run(
         app,
@@ -42,15 +68,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    config = _startable(args)
+
     from fulfiller.delivery.worker import run_workers
 
-    asyncio.run(run_workers(_config(args)))
+    asyncio.run(run_workers(config))
     return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from fulfiller.preflight import check_state
+
     config = _config(args)
+    notes = check_state(config.state)
     print(f"ok: {len(config.catalogs)} catalog(s), {len(config.routes)} route(s), state {config.state.split(':')[0]}")
+    if not config.receiver.secrets:
+        notes.append("receiver.secrets: not set here; serve and worker need it")
+    for note in notes:
+        print(f"note: {note}")
     if args.probe:
         from fulfiller.delivery.resolve import probe_catalogs
 
@@ -68,19 +103,27 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from fulfiller.ops.commands import list_jobs
 
-    return asyncio.run(list_jobs(_config(args), args.status, args.code, args.limit, args.json, print))
+    return asyncio.run(list_jobs(_with_store(args), args.status, args.code, args.limit, args.json, print))
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from fulfiller.ops.commands import rerun
 
-    return asyncio.run(rerun(_config(args), args.job_id, print))
+    return asyncio.run(rerun(_with_store(args), args.job_id, print, force=args.force))
+
+
+def cmd_skip(args: argparse.Namespace) -> int:
+    from fulfiller.ops.commands import skip
+
+    return asyncio.run(skip(_with_store(args), args.job_id, args.reason, print))
 
 
 def cmd_send_test_event(args: argparse.Namespace) -> int:
     from fulfiller.ops.testevent import send_test_event
 
-    return send_test_event(args, print)
+    # Only an explicit --config: FULFILLER_CONFIG would quietly change how an event for another host is signed.
+    config = load_config(args.config, need_secrets=False) if args.config else None
+    return send_test_event(args, config, print)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -91,6 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fulfiller", description="Deliver creative masters to the ad platform.")
+    parser.add_argument("--version", action="version", version=f"fulfiller {version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-format", choices=["json", "text"], default=None,
                         help="log line format (default: json, or FULFILLER_LOG_FORMAT)")
@@ -129,12 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("rerun", cmd_rerun, "re-queue a job")
     p.add_argument("job_id")
+    p.add_argument("--force", action="store_true",
+                   help="re-queue a completed job too (the platform most likely answers 409)")
+    p = add("skip", cmd_skip, "tell the platform to skip a queued or running job")
+    p.add_argument("job_id")
+    p.add_argument("--reason", required=True, help="why, as the platform is told")
     p = add("send-test-event", cmd_send_test_event, "sign a sample event as Outpost does and POST it", config=False)
-    p.add_argument("--url", required=True)
-    p.add_argument("--secret", required=True, action="append", help="repeat for rotation (current first)")
+    p.add_argument("--config", help="sign as this receiver is configured, and post to it on this machine")
+    p.add_argument("--url", help="the receiver's URL (default with --config: its port on 127.0.0.1)")
+    p.add_argument("--secret", action="append", help="repeat for rotation (current first)")
+    p.add_argument("--secret-env", action="append", metavar="NAME",
+                   help="take a secret from this environment variable (kept out of the process list)")
     p.add_argument("--topic", default="video.source_requested")
     p.add_argument("--file", help="JSON body to send instead of the sample")
-    p.add_argument("--mode", choices=["outpost", "standard"], default="outpost")
+    p.add_argument("--code", help="creative code (default HRT-1212)")
+    p.add_argument("--variation", type=int, help="default 2")
+    p.add_argument("--locale", help="default en")
+    p.add_argument("--kind", choices=["video", "image"], help="default video")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--aspect", help="an OSS request for this aspect (default 9x16)")
+    group.add_argument("--family", help="an AFS request for this placement family")
+    p.add_argument("--accepted", help="with --family: accepted aspects, comma-separated (e.g. 1x1,4x5)")
+    p.add_argument("--mode", choices=["outpost", "standard"], help="default outpost, or the --config's")
     p.add_argument("--header-prefix", default=None)
     p.add_argument("--timestamped", action="store_true", help="outpost mode: sign with t=<unix>")
     p.add_argument("--upload-url", default="https://example.r2.cloudflarestorage.com/sample?X-Amz-Signature=x")

@@ -17,6 +17,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fulfiller.hosts import parse_pattern
+from fulfiller.intake.signing import Verifier
 
 LAYOUT_FIELDS = frozenset({"project", "project_id", "code", "variation", "locale", "aspect", "kind"})
 DEFAULT_LAYOUT = "{code}/v{variation}/{locale}/{aspect}"
@@ -29,6 +30,14 @@ class ConfigError(Exception):
     def __init__(self, errors: list[tuple[str, str]]):
         self.errors = errors
         super().__init__("; ".join(f"{path}: {msg}" for path, msg in errors))
+
+
+class _PathError(ValueError):
+    """A cross-field error that knows its own dotted path."""
+
+    def __init__(self, path: str, msg: str):
+        super().__init__(msg)
+        self.path = path
 
 
 class _Strict(BaseModel):
@@ -45,7 +54,9 @@ class ReceiverConfig(_Strict):
     max_body_bytes: int = Field(1_048_576, ge=1)
     mode: Literal["outpost", "standard"] = "outpost"
     header_prefix: str | None = None
-    secrets: list[str] = Field(min_length=1)
+    # Required by ``serve`` and ``worker`` (see parse_config's ``need_secrets``); commands that only read
+    # never verify a signature.
+    secrets: list[str] = []
     timestamp_tolerance_s: int = Field(300, ge=1)
     require_timestamp: bool = False  # refuse signatures that carry no timestamp (no replay window)
 
@@ -62,6 +73,16 @@ class ReceiverConfig(_Strict):
         if any(not s for s in v):
             raise ValueError("a secret is empty (is its environment variable set?)")
         return v
+
+    @model_validator(mode="after")
+    def _secrets_fit_the_mode(self) -> ReceiverConfig:
+        # The receiver derives its keys the same way: a secret it could not use fails here, naming its key.
+        for i, secret in enumerate(self.secrets):
+            try:
+                Verifier(self.mode, [secret], self.prefix, self.timestamp_tolerance_s)
+            except ValueError as exc:
+                raise _PathError(f"receiver.secrets.{i}", str(exc)) from None
+        return self
 
     @property
     def prefix(self) -> str:
@@ -165,7 +186,7 @@ class RouteConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     state: str = "sqlite:///./fulfiller.db"
-    receiver: ReceiverConfig
+    receiver: ReceiverConfig = ReceiverConfig()
     admin: AdminConfig = AdminConfig()
     worker: WorkerConfig = WorkerConfig()
     aspects: dict[str, list[str]] = {"feed": ["4x5", "1x1", "3x4"], "story_reel": ["9x16"]}
@@ -187,14 +208,6 @@ class Config(_Strict):
                     f"routes.{i}.catalog", f"no catalog named {route.catalog!r} (have {sorted(self.catalogs)})"
                 )
         return self
-
-
-class _PathError(ValueError):
-    """A cross-field error that knows its own dotted path."""
-
-    def __init__(self, path: str, msg: str):
-        super().__init__(msg)
-        self.path = path
 
 
 def _expand(node: Any, path: str, env: Mapping[str, str], errors: list[tuple[str, str]]) -> Any:
@@ -227,8 +240,16 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
-    """Parse YAML text into a validated Config, or raise ConfigError listing every bad key."""
+SECRETS_REQUIRED = ("receiver.secrets", "required: at least one signing secret (serve verifies every delivery)")
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, *, need_secrets: bool = True) -> Config:
+    """Parse YAML text into a validated Config, or raise ConfigError listing every bad key.
+
+    With ``need_secrets`` false (commands that never verify a signature), ``receiver.secrets`` may be
+    unset: entries whose environment variable is unset or empty are left out. A secret that is set is
+    still checked against the mode.
+    """
     env = os.environ if env is None else env
     try:
         raw = yaml.safe_load(text)
@@ -238,29 +259,54 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([("(file)", "must be a YAML mapping")])
     errors: list[tuple[str, str]] = []
     expanded = _expand(raw, "", env, errors)
+    if not need_secrets:
+        errors = _leave_out_unset_secrets(expanded, errors)
     if errors:
         raise ConfigError(errors)
+    missing = [SECRETS_REQUIRED] if need_secrets and _no_secrets(expanded) else []
     try:
-        return Config.model_validate(expanded)
+        config = Config.model_validate(expanded)
     except ValidationError as exc:
-        out = []
-        for e in exc.errors():
-            ctx_err = (e.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, _PathError):
-                out.append((ctx_err.path, str(ctx_err)))
-                continue
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            out.append((_dotted(e["loc"]), msg.removeprefix("Value error, ")))
-        raise ConfigError(out) from None
+        raise ConfigError(missing + _named(exc)) from None
+    if missing:
+        raise ConfigError(missing)
+    return config
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the configuration file at ``path``."""
+def _no_secrets(expanded: dict[str, Any]) -> bool:
+    receiver = expanded.get("receiver") or {}
+    return isinstance(receiver, dict) and not receiver.get("secrets")
+
+
+def _leave_out_unset_secrets(expanded: dict[str, Any], errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The errors that remain once secrets whose variable is unset (or empty) are left out of ``expanded``."""
+    receiver = expanded.get("receiver")
+    if isinstance(receiver, dict) and isinstance(receiver.get("secrets"), list):
+        receiver["secrets"] = [s for s in receiver["secrets"] if s != ""]  # an unset variable expanded to ""
+    return [(path, msg) for path, msg in errors if not path.startswith("receiver.secrets")]
+
+
+def _named(exc: ValidationError) -> list[tuple[str, str]]:
+    """Pydantic's errors as (dotted key path, message) pairs."""
+    out = []
+    for e in exc.errors():
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _PathError):
+            out.append((ctx_err.path, str(ctx_err)))
+            continue
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        out.append((_dotted(e["loc"]), msg.removeprefix("Value error, ")))
+    return out
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                need_secrets: bool = True) -> Config:
+    """Read and validate the configuration file at ``path`` (``need_secrets``: see parse_config)."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError([("(file)", f"cannot read {path}: {exc.strerror}")]) from None
-    return parse_config(text, env)
+    return parse_config(text, env, need_secrets=need_secrets)
 
 
 __all__ = [

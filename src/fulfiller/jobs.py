@@ -129,7 +129,14 @@ class Job:
     skip_requested: str | None = None
     callback_key: str | None = None  # the request's identity: intake.wait_token_key(completeCallbackUrl)
     crashes: int = 0  # runs that ended with their worker gone (crash, lease lost)
+    retries: int = 0  # tries in a row that failed transiently: the backoff before the next one grows with it
+    callback_body: str | None = None  # JSON of the callback to send, kept once the upload is done (or the skip chosen)
+    callback_unanswered: bool = False  # a callback try may have reached the platform though its answer was lost
     attempts: list[Attempt] = field(default_factory=list)
+
+    def waiting(self, now: float | None = None) -> bool:
+        """Queued and not due yet: it waits between two tries."""
+        return self.status == Status.QUEUED and self.not_before > (time.time() if now is None else now)
 
     def to_json(self, *, with_payload: bool = False) -> dict[str, Any]:
         """The job as SPEC shows it to operators; pre-signed URL signatures redacted.
@@ -157,6 +164,8 @@ class Job:
             "lifecycle_reason": self.lifecycle_reason,
             "runs": self.runs,
             "crashes": self.crashes,
+            "skip_requested": self.skip_requested,
+            "next_try_at": iso(self.not_before) if self.waiting() else None,
             "expires_at": iso(self.expires_at),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),

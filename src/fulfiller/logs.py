@@ -31,7 +31,7 @@ from fulfiller.redact import redact_text
 # Keys callers may attach with ``extra=`` that belong in the line.
 FIELDS = (
     "event_id", "job_id", "topic", "status", "outcome", "step", "http_status", "duration_ms",
-    "bytes", "catalog", "object", "worker", "attempt", "reason",
+    "code", "bytes", "content_type", "catalog", "object", "worker", "attempt", "reason", "wait_s", "client", "path",
 )
 
 

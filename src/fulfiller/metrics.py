@@ -1,14 +1,22 @@
-"""Prometheus metrics, in a registry per app so several apps can live in one test process."""
+"""Prometheus metrics, in a registry per app so several apps can live in one test process.
+
+The queue gauges come from one query over all jobs (``Store.stats``): a scrape reuses
+its answer for ``stats_cache_s``, and scrapes that arrive while it runs wait for that
+one, so scrapers never add load to the store (nor to the threads its reads share
+with the catalogs).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from fulfiller import version
 from fulfiller.events import TOPICS
 from fulfiller.jobs import Status
-from fulfiller.store.base import Store, StoreUnavailable
+from fulfiller.store.base import Stats, Store, StoreUnavailable
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _TRANSFER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -17,9 +25,10 @@ _TRANSFER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 class Metrics:
     """Every metric the product exports."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stats_cache_s: float = 5.0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        Gauge("fulfiller_build_info", "This build (always 1)", ["version"], registry=r).labels(version()).set(1)
         self.deliveries = Counter(
             "fulfiller_deliveries_total", "Webhook deliveries received, by topic and outcome",
             ["topic", "outcome"], registry=r,
@@ -34,7 +43,8 @@ class Metrics:
         )
         self.jobs = Gauge("fulfiller_jobs", "Jobs in the store by status", ["status"], registry=r)
         self.oldest_queued = Gauge(
-            "fulfiller_oldest_queued_job_age_seconds", "Age of the oldest queued job (0 when none)", registry=r
+            "fulfiller_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job that is due, counted from when it fell due (0 when none)", registry=r
         )
         self.bytes_uploaded = Counter(
             "fulfiller_uploaded_bytes_total", "Master bytes uploaded successfully", registry=r
@@ -48,6 +58,9 @@ class Metrics:
         )
         self.retries = Counter("fulfiller_retries_total", "Retried tries, by step", ["step"], registry=r)
         self._delivered: dict[tuple[str, str], Counter] = {}
+        self.stats_cache_s = stats_cache_s
+        self._stats: asyncio.Future[Stats] | None = None  # the last query, or the one running
+        self._stats_asked_at = 0.0
 
     def delivery(self, topic: str, outcome: str, ack_s: float) -> None:
         """Count one delivery and its ack latency (once per request: the labelled child is looked up once).
@@ -64,9 +77,9 @@ class Metrics:
         self.ack_latency.observe(ack_s)
 
     async def render(self, store: Store) -> bytes:
-        """The exposition text, with queue gauges read from the store at scrape time."""
+        """The exposition text, with queue gauges from the store's stats at most ``stats_cache_s`` old."""
         try:
-            stats = await store.stats()
+            stats = await self._store_stats(store)
         except StoreUnavailable:
             # Counters still matter when the store is down; the gauges keep their last values.
             return generate_latest(self.registry)
@@ -74,3 +87,20 @@ class Metrics:
             self.jobs.labels(status).set(stats.by_status.get(status, 0))
         self.oldest_queued.set(max(0.0, time.time() - stats.oldest_queued_at) if stats.oldest_queued_at else 0.0)
         return generate_latest(self.registry)
+
+    async def _store_stats(self, store: Store) -> Stats:
+        """The last query's answer while it is fresh (a failure too: a store that is down is not asked
+        again at once), else a new query, shared by every scrape that arrives while it runs."""
+        now = time.monotonic()
+        last = self._stats
+        if last is None or last.get_loop() is not asyncio.get_running_loop() or (
+                last.done() and now - self._stats_asked_at >= self.stats_cache_s):
+            self._stats_asked_at = now
+            self._stats = asyncio.ensure_future(store.stats())
+            self._stats.add_done_callback(_retrieved)
+        return await asyncio.shield(self._stats)  # a scraper that hangs up does not cancel the others' query
+
+
+def _retrieved(query: asyncio.Future[Stats]) -> None:
+    if not query.cancelled():
+        query.exception()  # each scrape that awaits it has it; retrieved so one nobody awaited is not reported

@@ -1,15 +1,16 @@
-"""Retrying transient failures with backoff and jitter, never past the job's deadline."""
+"""Backoff between tries of a transient failure: full jitter, the peer's Retry-After honoured, never past
+the job's deadline.
+
+A job does not wait in its worker between tries: it goes back to the queue until ``next_try``, and the
+try number comes from what the job stored, so one backoff rule holds across runs and processes.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
-
-T = TypeVar("T")
+from tenacity import RetryCallState, wait_random_exponential
 
 
 class Transient(Exception):
@@ -38,61 +39,23 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-class _Wait:
-    """Full-jitter exponential backoff, but never shorter than the peer's Retry-After."""
+def backoff(failed_tries: int, exc: Transient, *, base_s: float, cap_s: float) -> float:
+    """Seconds to wait after the ``failed_tries``-th transient failure in a row (1 for the first).
 
-    def __init__(self, base_s: float, cap_s: float):
-        self._jitter = wait_random_exponential(multiplier=base_s, max=cap_s)
-
-    def __call__(self, state: RetryCallState) -> float:
-        wait = self._jitter(state)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, Transient) and exc.retry_after is not None:
-            wait = max(wait, exc.retry_after)
-        return wait
-
-
-async def with_retries(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    deadline: float,
-    base_s: float,
-    cap_s: float,
-    on_retry: Callable[[Transient, float], None] | None = None,
-) -> T:
-    """Run ``fn`` until it succeeds or raises something other than Transient.
-
-    Stops (re-raising the last Transient) when the next wait would end past
-    ``deadline``: work that cannot finish in time is not started.
+    tenacity's full jitter: a random wait in a window that doubles with each failure, from ``base_s``
+    up to ``cap_s``; never shorter than the peer's Retry-After.
     """
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, failed_tries)
+    wait = float(wait_random_exponential(multiplier=base_s, max=cap_s)(state))
+    if exc.retry_after is not None:
+        wait = max(wait, exc.retry_after)
+    return wait
 
-    def stop(state: RetryCallState) -> bool:
-        return time.time() + (state.upcoming_sleep or 0.0) >= deadline
 
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        if on_retry is not None and isinstance(exc, Transient):
-            on_retry(exc, state.upcoming_sleep)
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(Transient),
-        wait=_Wait(base_s, cap_s),
-        stop=stop,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    last: Transient | None = None
-
-    async def call() -> T:
-        # tenacity decides sync vs async by inspecting the callable; a lambda
-        # returning a coroutine would look sync, so always hand it a coroutine function.
-        nonlocal last
-        if last is not None and time.time() >= deadline:  # the wait overran the deadline (a busy machine)
-            raise last
-        try:
-            return await fn()
-        except Transient as exc:
-            last = exc
-            raise
-
-    return await retrying(call)
+def next_try(failed_tries: int, exc: Transient, *, deadline: float, base_s: float, cap_s: float,
+             now: float | None = None) -> float | None:
+    """The wait before the next try, or None when it would end at or past ``deadline``: work that cannot
+    finish in time is not started."""
+    wait = backoff(failed_tries, exc, base_s=base_s, cap_s=cap_s)
+    return None if (time.time() if now is None else now) + wait >= deadline else wait

@@ -20,7 +20,8 @@ import pytest
 
 from fulfiller.catalogs.base import CatalogError, CatalogUnavailable, Master
 from fulfiller.catalogs.drive import DriveCatalog
-from fulfiller.catalogs.drive_api import load_credentials
+from fulfiller.catalogs.drive_api import DriveApi, load_credentials
+from fulfiller.catalogs.drive_folders import DriveFolders
 from fulfiller.config import DEFAULT_LAYOUT, DriveCatalogConfig
 from support.drive_double import DriveDouble, run_drive_double
 from support.masters import FIELDS, MEDIA, MP4
@@ -699,3 +700,48 @@ def test_network_beyond_loopback_is_blocked() -> None:
         socket.create_connection(("203.0.113.1", 443), timeout=1)
     with pytest.raises(NetworkBlocked):
         socket.getaddrinfo("www.googleapis.com", 443)
+
+
+# -- the folder cache's bound -----------------------------------------------------------
+
+
+@pytest.fixture
+async def folders_for(drive: DriveDouble, tmp_path: Path) -> AsyncIterator[Callable[[str, int], DriveFolders]]:
+    """Folder trees on the double, each keeping at most ``cache_max`` folders for a minute."""
+    api = DriveApi(load_credentials(str(drive.write_service_account(tmp_path))), api_endpoint=drive.api_endpoint)
+    yield lambda root, cache_max: DriveFolders(api, root, cache_s=60, cache_max=cache_max)
+    await api.aclose()
+
+
+async def test_the_folder_cache_keeps_only_the_folders_used_last(
+    drive: DriveDouble, folders_for: Callable[[str, int], DriveFolders]
+) -> None:
+    root = drive.add_folder("Masters")
+    names = [f"CODE-{n:02}" for n in range(50)]
+    for name in names:
+        drive.add_folder(name, root)
+    folders = folders_for(root, 8)
+    for name in names:
+        assert await folders.find((name,)) is not None
+
+    assert [name for name in names if folders.cached((name,)) is not None] == names[-8:]
+
+
+async def test_the_folder_cache_evicts_the_least_recently_used(
+    drive: DriveDouble, folders_for: Callable[[str, int], DriveFolders]
+) -> None:
+    root = drive.add_folder("Masters")
+    for name in "ABCD":
+        drive.add_folder(name, root)
+    folders = folders_for(root, 3)
+    for name in "ABC":
+        await folders.find((name,))
+    await folders.find(("A",))  # a hit: A is now the one used last, B the least
+    await folders.find(("D",))  # one too many: B goes
+    walked = folder_lookups(drive)
+
+    for name in "ACD":
+        await folders.find((name,))
+    assert folder_lookups(drive) == walked  # all three still known
+    await folders.find(("B",))
+    assert folder_lookups(drive) == walked + 1  # B is looked up again

@@ -153,3 +153,21 @@ def test_registry_builds_local(tmp_path: Path) -> None:
     assert isinstance(cat, LocalCatalog)
     assert cat.name == "disk"
     assert cat.root == tmp_path.resolve()
+
+
+# -- probe (check-config --probe) -----------------------------------------------------------------
+
+
+async def test_probe_lists_the_root(tmp_path: Path) -> None:
+    put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
+    put(tmp_path, "HRT-002/v1/en/1x1.mp4")
+    assert await catalog(tmp_path).probe() == f"local folder {tmp_path.resolve()}: 2 items"
+
+
+@pytest.mark.parametrize(("root", "says"), [("unmounted/masters", "No such file or directory"),
+                                            ("a-file", "Not a directory")])
+async def test_probe_of_a_root_that_is_not_a_folder_fails_naming_it(tmp_path: Path, root: str, says: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CatalogError) as info:
+        await catalog(tmp_path / root).probe()
+    assert str(info.value) == f"catalog disk: cannot list root folder {tmp_path.resolve() / root}: {says}"

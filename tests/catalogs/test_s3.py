@@ -213,3 +213,30 @@ async def test_registry_builds_s3(moto_endpoint: str, s3: Any, bucket: str) -> N
     [master] = await cat.find(FIELDS, "video")
     assert master.size == len(MP4)
     await cat.aclose()
+
+
+# -- probe (check-config --probe) -----------------------------------------------------------------
+
+
+async def test_probe_lists_the_top_of_the_catalog(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    for key in ["masters/HRT-001/v2/en_US/9x16.mp4", "masters/HRT-002/v1/en/1x1.mp4", "masters/README.txt",
+                "elsewhere/x.mp4"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    assert await catalog(moto_endpoint, bucket, prefix="masters").probe() == (
+        f"s3://{bucket}/masters/: 3 items visible")
+    for i in range(12):
+        s3.put_object(Bucket=bucket, Key=f"many/{i}.mp4", Body=b"")
+    assert await catalog(moto_endpoint, bucket, prefix="many").probe() == f"s3://{bucket}/many/: 10+ items visible"
+
+
+async def test_probe_of_a_missing_bucket_names_it(moto_endpoint: str) -> None:
+    name = f"absent-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(CatalogError, match=f"bucket '{name}': the bucket does not exist"):
+        await catalog(moto_endpoint, name).probe()
+
+
+async def test_probe_of_an_unreachable_endpoint_fails(closed_port: int) -> None:
+    cat = catalog(f"http://127.0.0.1:{closed_port}", "masters")
+    with pytest.raises(CatalogUnavailable, match="list the root in bucket 'masters'"):
+        await cat.probe()
+    await cat.aclose()

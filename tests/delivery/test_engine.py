@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -171,6 +172,11 @@ class Harness:
     peer: FakeCallbackPeer
     engine: Engine
 
+    def configure(self, **worker: Any) -> None:
+        """Change ``worker`` settings for the rest of the case."""
+        self.config = self.config.model_copy(update={"worker": self.config.worker.model_copy(update=worker)})
+        self.engine.config = self.config
+
     async def job(self, **kwargs: Any) -> Job:
         """Ingest a request (``store.builders.request_body`` arguments) and claim it as the worker would."""
         queued = await ingest_job(self.store, f"msg_{time.perf_counter_ns()}", **kwargs)
@@ -185,11 +191,29 @@ class Harness:
         return stored
 
     async def run(self, job: Job) -> tuple[str, Job]:
-        """Run ``job`` to its end; the status ``run`` returned and the job as stored."""
-        status = await asyncio.wait_for(self.engine.run(job, OWNER), CASE_TIMEOUT_S)
-        stored = await self.store.get_job(job.id)
+        """Run ``job`` to its end, as workers would: each time it goes back to the queue to try again, claim
+        it once it is due and run it again. The status the last run returned and the job as stored."""
+        status = await self.run_once(job)
+        while status == Status.QUEUED:
+            status = await self.run_once(await self.claim_when_due(job.id))
+        return status, await self.stored(job.id)
+
+    async def run_once(self, job: Job) -> str:
+        """One run of a claimed job; what it returned (``queued`` when it waits to try again)."""
+        return await asyncio.wait_for(self.engine.run(job, OWNER), CASE_TIMEOUT_S)
+
+    async def claim_when_due(self, job_id: str) -> Job:
+        """The job, claimed once its wait between tries is over (the store wakes us when it is due)."""
+        async with asyncio.timeout(CASE_TIMEOUT_S):
+            while (claimed := await self.store.claim(OWNER, 60.0)) is None:
+                await self.store.wait_for_work(1.0)
+        assert claimed.id == job_id
+        return claimed
+
+    async def stored(self, job_id: str) -> Job:
+        stored = await self.store.get_job(job_id)
         assert stored is not None
-        return status, stored
+        return stored
 
 
 @pytest.fixture
@@ -420,7 +444,9 @@ async def test_a_callback_failing_until_the_deadline_expires_the_job(h: Harness)
     status, stored = await h.run(job)
 
     assert status == Status.EXPIRED and stored.status == Status.EXPIRED
-    assert stored.error == "deadline reached while retrying callback: callback answered 503"
+    # The last wait that fits ends just before the deadline: the run after it may find the deadline passed.
+    assert stored.error in ("deadline reached while retrying callback: callback answered 503",
+                            "deadline (expiresAt) passed before work started")
     assert len(h.peer.requests) >= 2
     assert {s for s in steps(stored, "callback")} == {("callback", 503)}
 
@@ -577,3 +603,239 @@ async def test_a_callback_host_outside_the_allow_list_fails_with_nothing_sent(h:
     assert stored.attempts == []
     assert h.catalog.asked == []
     assert_nothing_sent(h)
+
+
+# -- retries wait in the queue -------------------------------------------------------------------
+
+
+async def test_a_transient_failure_gives_the_job_back_to_wait_in_the_queue(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "fulfiller")
+    h.configure(retry_base_s=30.0, retry_max_s=30.0)
+    h.uploader.script = [Transient("upload answered 503", http_status=503), "ok"]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    assert await h.run_once(job) == Status.QUEUED
+
+    stored = await h.stored(job.id)
+    assert (stored.status, stored.lease_owner, stored.retries, stored.error) == (Status.QUEUED, None, 1, None)
+    assert 0 < stored.not_before - time.time() <= 30
+    assert stored.to_json()["next_try_at"] is not None
+    assert steps(stored) == [("resolve", None), ("upload", 503)]
+    assert await h.store.claim("other-worker", 60.0) is None  # not due: the slot is free for other jobs
+    # One line for the retry (step, reason, wait), none for the try that failed.
+    [retry] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert retry.getMessage().startswith("upload: upload answered 503; retrying in ")
+    assert (retry.step, retry.reason, retry.http_status) == ("upload", "upload answered 503", 503)  # type: ignore[attr-defined]
+    assert 0 < retry.wait_s <= 30  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.getMessage().startswith("upload failed")]
+    assert h.engine.metrics.registry.get_sample_value("fulfiller_retries_total", {"step": "upload"}) == 1
+
+
+async def test_the_backoff_grows_with_the_tries_the_job_stored(h: Harness) -> None:
+    h.configure(retry_base_s=10.0, retry_max_s=10_000.0)
+    h.uploader.script = [Transient("upload answered 503", http_status=503)]
+    job = await h.job(code="HRT-1", aspect="9x16")
+    # Six failed tries before this one: the window is 10 s * 2**6, no longer the first try's 10 s.
+    await h.store.update(job.id, OWNER, {"retries": 6})
+    job = dataclasses.replace(job, retries=6)
+
+    waits = []
+    for _ in range(5):
+        assert await h.run_once(job) == Status.QUEUED
+        stored = await h.stored(job.id)
+        waits.append(stored.not_before - time.time())
+        assert await h.store.requeue(job.id) == "queued"  # an operator's rerun: due now, the count starts over
+        job = await h.store.claim(OWNER, 60.0)  # type: ignore[assignment]
+        assert job is not None and job.retries == 0
+        await h.store.update(job.id, OWNER, {"retries": 6})
+        job = dataclasses.replace(job, retries=6)
+    assert stored.retries == 7
+    assert max(waits) > 10 and max(waits) <= 640
+
+
+async def test_a_retried_upload_resolves_the_master_again(h: Harness) -> None:
+    # The master is replaced between two tries: the retry delivers the new one, not the first try's object.
+    h.uploader.script = [Transient("upload answered 503", http_status=503), "ok"]
+    h.catalog.files = {"HRT-1/v2/en/9x16.mov": MP4}
+    job = await h.job(code="HRT-1", aspect="9x16")
+    assert await h.run_once(job) == Status.QUEUED
+    replaced = MP4 + b"\0" * 1024
+    h.catalog.files = {"HRT-1/v2/en/9x16.mp4": replaced}
+
+    status, stored = await h.run(await h.claim_when_due(job.id))
+
+    assert status == Status.COMPLETED
+    assert steps(stored) == [("resolve", None), ("upload", 503), ("resolve", None), ("upload", 200),
+                             ("callback", 200)]
+    assert h.catalog.asked == ["HRT-1/v2/en/9x16", "HRT-1/v2/en/9x16"]
+    assert stored.source == f"{CATALOG}:HRT-1/v2/en/9x16.mp4"
+    assert h.uploader.puts[-1].body == replaced and stored.content_hash == sha256_of(replaced)
+    assert h.peer.bodies == [{"storageKey": job.storage_key, "extension": "mp4", "contentHash": sha256_of(replaced)}]
+
+
+async def test_a_callback_retried_after_the_upload_sends_the_same_body_without_uploading_again(h: Harness) -> None:
+    h.peer.script = [503, 503, 200]
+    h.catalog.files = {"HRT-1/v2/en/4x5.mp4": MP4_4X5}
+    job = await h.job(code="HRT-1", aspect=None, family="feed")
+
+    status, stored = await h.run(job)
+
+    assert status == Status.COMPLETED and stored.runs == 3
+    assert steps(stored) == [("resolve", None), ("upload", 200), ("callback", 503), ("callback", 503),
+                             ("callback", 200)]
+    assert len(h.uploader.puts) == 1 and h.catalog.asked == ["HRT-1/v2/en/4x5"]
+    first = {"storageKey": job.storage_key, "aspectRatio": "4x5", "extension": "mp4",
+             "contentHash": sha256_of(MP4_4X5)}
+    assert h.peer.bodies == [first, first, first]
+
+
+async def test_a_skip_whose_callback_is_retried_is_sent_again_as_it_was(h: Harness) -> None:
+    h.catalog.files = {}
+    h.peer.script = [502, 200]
+    job = await h.job(code="HRT-1", aspect="9x16")
+    assert await h.run_once(job) == Status.QUEUED
+    h.catalog.files = {"HRT-1/v2/en/9x16.mp4": MP4}  # appears meanwhile: the skip chosen stands
+
+    status, stored = await h.run(await h.claim_when_due(job.id))
+
+    assert status == Status.SKIPPED and stored.skip_reason == "no_match:aspect=9x16"
+    assert steps(stored) == [("resolve", None), ("callback", 502), ("callback", 200)]
+    assert h.peer.bodies == [{"skip": True, "reason": "no_match:aspect=9x16"}] * 2
+    assert h.uploader.puts == []
+
+
+async def test_a_lost_callback_answer_is_remembered_across_runs(h: Harness) -> None:
+    h.peer.script = [httpx.ReadTimeout("no answer"), 409]
+    job = await h.job(code="HRT-1", aspect="9x16")
+    assert await h.run_once(job) == Status.QUEUED
+    assert (await h.stored(job.id)).callback_unanswered is True
+
+    status, stored = await h.run(await h.claim_when_due(job.id))
+
+    assert status == Status.COMPLETED and stored.error is None
+
+
+# -- tries cut short -----------------------------------------------------------------------------
+
+
+@dataclass
+class HeldUploader(FakeUploader):
+    """Takes the first chunk, then holds the upload open until the test cancels the run."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def put(self, url: str, chunks: AsyncGenerator[bytes, None], size: int, content_type: str,
+                  expected_sha256: str | None = None) -> Delivered:
+        async for _ in chunks:
+            self.started.set()
+            await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_cancelled_try_is_recorded_as_cancelled_and_never_as_a_success(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "fulfiller")
+    uploader = HeldUploader()
+    h.engine.uploader = uploader  # type: ignore[assignment]
+    job = await h.job(code="HRT-1", aspect="9x16")
+    run = asyncio.create_task(h.engine.run(job, OWNER))
+    await asyncio.wait_for(uploader.started.wait(), CASE_TIMEOUT_S)
+
+    run.cancel()
+    await asyncio.wait([run])
+
+    assert run.cancelled()
+    stored = await h.stored(job.id)
+    assert stored.status == Status.RUNNING  # not finished: its worker gives it back, or its lease lapses
+    assert [(a.step, a.error) for a in stored.attempts] == [("resolve", None), ("upload", "cancelled")]
+    assert not [r for r in caplog.records if r.getMessage().startswith(("upload ok", "job "))]
+    assert h.peer.requests == []
+
+
+async def test_a_cancelled_callback_counts_as_possibly_delivered(h: Harness) -> None:
+    answered = asyncio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        answered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(held)) as client:
+        h.engine.client = client
+        job = await h.job(code="HRT-1", aspect="9x16")
+        run = asyncio.create_task(h.engine.run(job, OWNER))
+        await asyncio.wait_for(answered.wait(), CASE_TIMEOUT_S)
+        run.cancel()
+        await asyncio.wait([run])
+    stored = await h.stored(job.id)
+    assert (stored.attempts[-1].step, stored.attempts[-1].error) == ("callback", "cancelled")
+    assert stored.callback_unanswered is True
+    assert stored.status == Status.RUNNING
+
+
+# -- telling the platform about failures (worker.negative_ack_failures) --------------------------
+
+
+async def test_a_failed_job_also_sends_a_negative_ack_when_configured(h: Harness) -> None:
+    h.configure(negative_ack_failures=True)
+    h.uploader.script = [Refused("upload", 403, "SignatureDoesNotMatch")]
+    job = await h.job(code="HRT-1", aspect="9x16")
+
+    status, stored = await h.run(job)
+
+    error = "upload answered 403: SignatureDoesNotMatch (pre-signed URL expired or invalid)"
+    assert status == Status.FAILED and stored.status == Status.FAILED
+    assert stored.error == error and stored.skip_reason == f"failed:{error}"
+    assert h.peer.bodies == [{"skip": True, "reason": f"failed:{error}"}]
+    assert steps(stored) == [("resolve", None), ("upload", 403), ("callback", 200)]
+
+
+async def test_an_invalid_upload_url_also_sends_a_negative_ack_when_configured(h: Harness) -> None:
+    h.configure(negative_ack_failures=True)
+    job = await h.job(code="HRT-1", aspect="9x16")
+    payload = json.loads(json.dumps(job.payload))
+    payload["fulfillment"]["uploadUrl"] = "https://evil.example.com/put?X-Amz-Signature=abc"
+    job = dataclasses.replace(job, payload=payload)
+
+    status, stored = await h.run(job)
+
+    assert status == Status.FAILED
+    assert h.uploader.puts == []
+    assert h.peer.bodies == [{"skip": True, "reason": "failed:upload host evil.example.com:443 is not in the allow-list"}]
+
+
+@pytest.mark.parametrize("callback", ["https://evil.example.com/complete", "http://api.trigger.dev/complete"])
+async def test_no_negative_ack_goes_to_a_callback_url_that_may_not_be_used(h: Harness, callback: str) -> None:
+    h.configure(negative_ack_failures=True)
+    job = await h.job(code="HRT-1", aspect="9x16", callback=callback)
+
+    status, stored = await h.run(job)
+
+    assert status in (Status.FAILED, Status.INVALID) and stored.skip_reason is None
+    assert_nothing_sent(h)
+
+
+async def test_without_the_setting_a_failed_job_sends_nothing(h: Harness) -> None:
+    h.uploader.script = [Refused("upload", 403, "SignatureDoesNotMatch")]
+    stored = await h.ends(Status.FAILED)
+    assert stored.skip_reason is None and h.peer.requests == []
+
+
+# -- the outcome's log line ----------------------------------------------------------------------
+
+
+async def test_one_line_per_outcome_says_what_was_delivered(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "fulfiller")
+    await h.ends(Status.COMPLETED)
+    h.uploader.script = [Refused("upload", 403, "SignatureDoesNotMatch")]
+    await h.ends(Status.FAILED)
+
+    done, failed = [r for r in caplog.records if r.getMessage().startswith("job ")]
+    assert (done.getMessage(), done.levelname, failed.getMessage(), failed.levelname) == (
+        "job completed", "INFO", "job failed", "WARNING")
+    for line in (done, failed):
+        assert (line.code, line.catalog, line.object, line.bytes, line.content_type) == (  # type: ignore[attr-defined]
+            "HRT-1", CATALOG, "HRT-1/v2/en/9x16.mp4", len(MP4), "video/mp4")
+        assert line.duration_ms >= 0  # type: ignore[attr-defined]
+    assert failed.reason.startswith("upload answered 403")  # type: ignore[attr-defined]

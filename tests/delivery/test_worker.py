@@ -89,3 +89,6 @@ def test_sigterm_releases_an_upload_that_outlasts_the_grace_period(tmp_path: Pat
     assert job["runs"] == 2
     assert [c.status for c in platform.callbacks(token)] == [202]
     assert [u.outcome for u in platform.uploads(key)][-1] == "stored"
+    # The try the grace period cut short is on record as cancelled, never as a success.
+    assert [(a["step"], a["error"]) for a in job["attempts"]] == [
+        ("resolve", None), ("upload", "cancelled"), ("resolve", None), ("upload", None), ("callback", None)]

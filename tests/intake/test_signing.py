@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 from starlette.datastructures import Headers
 
 from fulfiller.intake.signing import (
+    Refusal,
     SignatureError,
     Verifier,
     sign_outpost,
@@ -203,6 +204,24 @@ OUTPOST_CASES = [
 ]
 
 
+# The public reason code the receiver answers for each refusal's message (SPEC, "The signature doctor").
+CODES = {
+    "missing signature header": Refusal.NO_SIGNATURE_HEADER,
+    "empty signature header": Refusal.NO_SIGNATURE_HEADER,
+    "malformed signature header": Refusal.MALFORMED_SIGNATURE,
+    "missing id header": Refusal.MALFORMED_SIGNATURE,
+    "timestamp outside tolerance": Refusal.TIMESTAMP_OUTSIDE_TOLERANCE,
+    "missing timestamp": Refusal.MISSING_TIMESTAMP,
+    "missing timestamp header": Refusal.MISSING_TIMESTAMP,
+    "no signature matches": Refusal.BAD_SIGNATURE,
+}
+
+
+def test_the_reason_codes_are_the_public_ones() -> None:
+    assert set(Refusal) == {"no_signature_header", "malformed_signature", "timestamp_outside_tolerance",
+                            "missing_timestamp", "bad_signature"}
+
+
 def _assert_safe(message: str, *secrets: str) -> None:
     """A refusal reason must be loggable: no secret, no digest."""
     for s in secrets:
@@ -218,6 +237,7 @@ def test_verify_outpost(body, headers, secrets, kwargs, error):
     with pytest.raises(SignatureError) as exc:
         verify_outpost(body, headers, secrets, now=NOW, **kwargs)
     assert str(exc.value) == error
+    assert exc.value.code == CODES[error]
     _assert_safe(str(exc.value), *secrets, CUR, PREV)
 
 
@@ -313,6 +333,7 @@ def test_verify_standard(body, headers, secrets, kwargs, error):
     with pytest.raises(SignatureError) as exc:
         verify_standard(body, headers, secrets, now=NOW, **kwargs)
     assert str(exc.value) == error
+    assert exc.value.code == CODES[error]
     _assert_safe(str(exc.value), *secrets, SW_CUR, SW_PREV)
 
 
@@ -389,8 +410,9 @@ def test_verifier_standard_returns_webhook_id():
 def test_verifier_requiring_a_timestamp_refuses_an_outpost_signature_without_t():
     strict = Verifier("outpost", [CUR], "x-outpost-", 300, require_timestamp=True)
     plain = sig(f"v0={hx(CUR, BODY)}")
-    with pytest.raises(SignatureError, match="missing timestamp"):
+    with pytest.raises(SignatureError, match="missing timestamp") as exc:
         strict.verify(BODY, plain, now=NOW)
+    assert exc.value.code == Refusal.MISSING_TIMESTAMP
     assert strict.verify(BODY, sig(f"t={NOW},v0={hx(CUR, ts_content(NOW))}"), now=NOW) is None
     assert Verifier("outpost", [CUR], "x-outpost-", 300).verify(BODY, plain, now=NOW) is None  # the default
     with pytest.raises(SignatureError, match="missing timestamp"):

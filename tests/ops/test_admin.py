@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -159,6 +160,22 @@ async def test_every_admin_route_refuses_a_missing_or_wrong_token(admin: Admin, 
         assert TOKEN not in r.text
     # refused calls changed nothing
     assert (await admin.get(f"/admin/jobs/{job['id']}")).json()["status"] == Status.FAILED
+
+
+async def test_a_refused_token_is_logged_with_the_client_and_path_never_the_token(
+        admin: Admin, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fulfiller.admin")
+    for headers in ({"Authorization": f"Bearer {TOKEN}x"}, {}):
+        assert (await admin.get("/admin/jobs", headers=headers, params={"status": "failed"})).status_code == 401
+    assert (await admin.post("/admin/jobs/job_x/rerun", headers={"Authorization": f"Bearer {TOKEN[:-1]}"})
+            ).status_code == 401
+    refused = [r for r in caplog.records if r.name == "fulfiller.admin"]
+    assert [(r.levelname, r.getMessage(), r.http_status, r.client, r.path) for r in refused] == [
+        ("WARNING", "admin token refused", 401, "127.0.0.1", "/admin/jobs"),
+        ("WARNING", "admin token refused", 401, "127.0.0.1", "/admin/jobs"),
+        ("WARNING", "admin token refused", 401, "127.0.0.1", "/admin/jobs/job_x/rerun"),
+    ]
+    assert TOKEN[:-1] not in repr([(r.getMessage(), r.__dict__) for r in caplog.records])
 
 
 async def test_the_right_token_opens_every_route(admin: Admin) -> None:
@@ -378,10 +395,10 @@ async def test_skip_is_refused_409_once_the_request_is_answered(admin: Admin, st
     assert await admin.store.claim(OWNER, 60) is None  # nothing was queued
 
 
-@pytest.mark.parametrize("action", ["rerun", "skip"])
-async def test_a_running_job_is_refused_409(admin: Admin, action: str) -> None:
+async def test_a_rerun_of_a_running_job_is_refused_409(admin: Admin) -> None:
+    """A skip, unlike a rerun, takes a running job: its worker stops the try and sends the negative-ack."""
     job = await admin.make(Status.RUNNING)
-    r = await admin.post(f"/admin/jobs/{job['id']}/{action}", json={"reason": "x"})
+    r = await admin.post(f"/admin/jobs/{job['id']}/rerun")
     assert r.status_code == 409
     assert "running" in r.json()["error"]
     assert (await admin.get(f"/admin/jobs/{job['id']}")).json()["status"] == "running"
@@ -423,6 +440,25 @@ async def test_rerun_ignores_a_body(admin: Admin) -> None:
     job = await admin.make(Status.FAILED)
     r = await admin.post(f"/admin/jobs/{job['id']}/rerun", json={"reason": "ignored"})
     assert r.status_code == 202 and r.json()["skip"] is False
+
+
+async def test_every_rerun_and_skip_leaves_an_audit_line(admin: Admin, caplog: pytest.LogCaptureFixture) -> None:
+    failed = await admin.make(Status.FAILED)
+    running = await admin.make(Status.RUNNING)
+    caplog.set_level(logging.INFO, logger="fulfiller.admin")
+    asked = [(f"/admin/jobs/{failed['id']}/rerun", None, 202), (f"/admin/jobs/{failed['id']}/skip", b"{}", 400),
+             (f"/admin/jobs/{failed['id']}/skip", b'{"reason": "withdrawn"}', 202),
+             (f"/admin/jobs/{running['id']}/rerun", None, 409), ("/admin/jobs/job_none/skip", b'{"reason": "x"}', 404)]
+    for path, body, status in asked:
+        assert (await admin.post(path, content=body)).status_code == status
+    lines = [r for r in caplog.records if r.name == "fulfiller.admin"]
+    assert [(r.levelname, r.getMessage(), r.job_id, r.outcome, r.http_status, r.client, r.reason) for r in lines] == [
+        ("INFO", "admin rerun queued", failed["id"], "queued", 202, "127.0.0.1", None),
+        ("INFO", "admin skip no_reason", failed["id"], "no_reason", 400, "127.0.0.1", None),
+        ("INFO", "admin skip queued", failed["id"], "queued", 202, "127.0.0.1", "withdrawn"),
+        ("INFO", "admin rerun is_running", running["id"], "is_running", 409, "127.0.0.1", None),
+        ("INFO", "admin skip not_found", "job_none", "not_found", 404, "127.0.0.1", "x"),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

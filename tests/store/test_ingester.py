@@ -18,6 +18,7 @@ from fulfiller.store import StoreUnavailable
 from fulfiller.store.ingest_wire import Frames, frame, from_wire, to_wire
 from fulfiller.store.sqlite import SQLiteStore
 from store.builders import REQUESTED, request_body
+from support.ingest_child import stopped_child
 
 
 @pytest.fixture
@@ -147,3 +148,53 @@ async def test_a_caller_on_another_event_loop_is_served_by_the_writer_thread(sto
 
     assert await asyncio.to_thread(elsewhere) is True
     assert stored_events(store) == {"evt-main", "evt-thread"}
+
+
+# --- a child that hangs -------------------------------------------------------------------------
+
+DEADLINE_S = 1.0  # the test's ingest deadline (the product's is a few seconds under Outpost's patience)
+
+
+@pytest.fixture
+async def impatient(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A store whose ingest child must answer within DEADLINE_S, and may be restarted at once."""
+    s = SQLiteStore(f"sqlite:///{tmp_path / 'state.db'}", ingest_deadline_s=DEADLINE_S)
+    s.ingester.restart_after_s = 0.0
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_a_hung_child_is_answered_503_within_the_deadline_then_replaced(impatient: SQLiteStore) -> None:
+    acked = {f"evt-before-{i}" for i in range(3)}
+    assert await asyncio.gather(*(impatient.ingest(delivery(e, e)) for e in sorted(acked))) == [True] * 3
+    with stopped_child(impatient) as hung:
+        started = time.monotonic()
+        pending = [asyncio.ensure_future(impatient.ingest(delivery(f"evt-during-{i}", f"D-{i}"))) for i in range(5)]
+        results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 30)
+        waited = time.monotonic() - started
+        assert [type(r) for r in results] == [StoreUnavailable] * 5, results
+        assert "did not commit within" in str(results[0])
+        assert waited < DEADLINE_S + 5, waited
+        assert await asyncio.to_thread(hung.wait, 10) == -signal.SIGKILL  # the hung child is gone, not left behind
+
+    # The senders retry: a fresh child takes them, and nothing acked before was lost.
+    retried = await asyncio.gather(*(impatient.ingest(delivery(f"evt-during-{i}", f"D-{i}")) for i in range(5)))
+    assert retried == [True] * 5
+    assert child_pid(impatient) != hung.pid
+    assert stored_events(impatient) == acked | {f"evt-during-{i}" for i in range(5)}
+
+
+async def test_ping_is_not_ready_while_the_child_hangs(impatient: SQLiteStore) -> None:
+    await impatient.ping()
+    with stopped_child(impatient) as hung:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="did not commit within"):
+            await asyncio.wait_for(impatient.ping(), 30)  # idle, yet hung: the next delivery would wait for nothing
+        assert time.monotonic() - started < DEADLINE_S + 5
+        assert await asyncio.to_thread(hung.wait, 10) == -signal.SIGKILL
+    await impatient.ping()  # ready again, on a new child
+    assert child_pid(impatient) != hung.pid
+    assert await impatient.ingest(delivery("evt-after")) is True

@@ -14,8 +14,8 @@ import pytest
 
 from fulfiller.intake.admission import Delivery, NotAnObject
 from fulfiller.jobs import Attempt, Status
-from fulfiller.store import Store, StoreUnavailable
-from fulfiller.store.base import Requeue, UnreadableJob
+from fulfiller.store import Store, StoreUnavailable, sql
+from fulfiller.store.base import Lease, Requeue, UnreadableJob
 from fulfiller.store.schema import migrations
 from fulfiller.store.sqlite import SQLITE
 from store.builders import (
@@ -183,7 +183,7 @@ async def test_lifecycle_closes_a_running_job_and_its_lease(store: Store) -> Non
     stored = await store.get_job(job.id)
     assert stored is not None
     assert (stored.status, stored.lifecycle_reason, stored.lease_owner) == (Status.REJECTED, "wrong_aspect", None)
-    assert await store.renew(job.id, "w1", 60) is False  # the worker learns it is no longer its job
+    assert await store.renew(job.id, "w1", 60) == Lease.LOST  # the worker learns it is no longer its job
     assert await store.finish(job.id, "w1", Status.COMPLETED, {}) is False
     assert await status_of(store, job.id) == Status.REJECTED
 
@@ -257,13 +257,13 @@ async def test_lease_expiry_lets_another_worker_take_the_job(store: Store) -> No
     assert second is not None and second.id == job.id
     assert (second.lease_owner, second.runs) == ("w2", 2)
     # w1 lost it: it can no longer renew, record, release or finish.
-    assert await store.renew(job.id, "w1", 60) is False
+    assert await store.renew(job.id, "w1", 60) == Lease.LOST
     assert await store.update(job.id, "w1", {"error": "late"}) is False
     assert await store.release(job.id, "w1") is False
     assert await store.finish(job.id, "w1", Status.COMPLETED, {}) is False
     assert await store.claim("w3", 60) is None
     # w2 holds it.
-    assert await store.renew(job.id, "w2", 60) is True
+    assert await store.renew(job.id, "w2", 60) == Lease.HELD
     assert await store.finish(job.id, "w2", Status.COMPLETED, {"content_hash": "sha256:00"}) is True
     done = await store.get_job(job.id)
     assert done is not None
@@ -275,7 +275,7 @@ async def test_renew_extends_the_lease(store: Store) -> None:
     await ingest_job(store, "evt-1")
     job = await store.claim("w", 5)
     assert job is not None and job.lease_until is not None
-    assert await store.renew(job.id, "w", 120) is True
+    assert await store.renew(job.id, "w", 120) == Lease.HELD
     renewed = await store.get_job(job.id)
     assert renewed is not None and renewed.lease_until is not None
     assert renewed.lease_until > job.lease_until + 100
@@ -317,7 +317,7 @@ async def test_release_gives_the_job_back(store: Store) -> None:
     job = await ingest_job(store, "evt-1")
     assert (await store.claim("w", 60)).id == job.id  # type: ignore[union-attr]
     assert await store.release(job.id, "other") is False
-    assert await store.release(job.id, "w", not_before=time.time() + 3600) is True
+    assert await store.release(job.id, "w", retry_in=3600) is True
     released = await store.get_job(job.id)
     assert released is not None and (released.status, released.lease_owner) == (Status.QUEUED, None)
     assert await store.claim("w", 60) is None  # not before its time
@@ -326,6 +326,82 @@ async def test_release_gives_the_job_back(store: Store) -> None:
     assert again is not None and (again.id, again.runs) == (job.id, 2)
     assert await store.release(job.id, "w2") is True
     assert (await store.claim("w3", 60)).id == job.id  # type: ignore[union-attr]
+
+
+async def test_a_job_released_to_retry_waits_in_the_queue_until_due(store: Store) -> None:
+    waiting = await ingest_job(store, "evt-wait", time.time() - 20, code="HRT-WAIT")
+    fresh = await ingest_job(store, "evt-fresh", time.time() - 10, code="HRT-FRESH")
+    assert (await store.claim("w", 60)).id == waiting.id  # type: ignore[union-attr]
+    assert await store.release(waiting.id, "w", retry_in=3600) is True
+    released = await store.get_job(waiting.id)
+    assert released is not None and (released.status, released.retries, released.lease_owner) == (
+        Status.QUEUED, 1, None)
+    shown = released.to_json()
+    assert shown["status"] == "queued" and shown["next_try_at"] is not None
+    assert 3500 < released.not_before - time.time() < 3700
+    # Not due: the other job is the one claimed, and the queue's age counts only the due one.
+    stats = await store.stats()
+    assert stats.by_status["queued"] == 2
+    assert stats.oldest_queued_at == pytest.approx(fresh.created_at)
+    assert (await store.claim("w", 60)).id == fresh.id  # type: ignore[union-attr]
+    assert await store.claim("w", 60) is None
+    assert (await store.stats()).oldest_queued_at is None
+    # A wait of nothing is due at once, and its retries keep counting (the backoff grows with them).
+    assert await store.requeue(fresh.id) == Requeue.IS_RUNNING
+    assert await store.release(fresh.id, "w", retry_in=0) is True
+    again = await store.claim("w2", 60)
+    assert again is not None and (again.id, again.retries) == (fresh.id, 1)
+    assert again.to_json()["next_try_at"] is None
+
+
+async def test_a_rerun_makes_a_waiting_job_due_and_starts_it_over(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    assert (await store.claim("w", 60)).id == job.id  # type: ignore[union-attr]
+    assert await store.update(job.id, "w", {"callback_body": '{"skip": true, "reason": "x"}',
+                                            "callback_unanswered": True})
+    assert await store.release(job.id, "w", retry_in=3600) is True
+    assert await store.requeue(job.id) == Requeue.QUEUED
+    again = await store.claim("w", 60)
+    assert again is not None and again.id == job.id
+    # Started over (it resolves and uploads again); what the platform may have seen is kept.
+    assert (again.retries, again.callback_body, again.callback_unanswered) == (0, None, True)
+
+
+async def test_a_skip_of_a_running_job_reaches_its_worker_at_renewal(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    assert (await store.claim("w", 60)).id == job.id  # type: ignore[union-attr]
+    assert await store.renew(job.id, "w", 60) == Lease.HELD
+    assert await store.requeue(job.id, skip_reason="operator: wrong master") == Requeue.QUEUED
+    running = await store.get_job(job.id)
+    assert running is not None and (running.status, running.lease_owner, running.skip_requested) == (
+        Status.RUNNING, "w", "operator: wrong master")
+    assert await store.renew(job.id, "w", 60) == Lease.SKIP_REQUESTED
+    assert await store.renew(job.id, "intruder", 60) == Lease.LOST
+    assert await store.requeue(job.id) == Requeue.IS_RUNNING  # a rerun of a running job stays refused
+    # The worker stops its try and gives the job back: due at once, the skip to send.
+    assert await store.release(job.id, "w") is True
+    taken = await store.claim("w2", 60)
+    assert taken is not None and (taken.id, taken.skip_requested) == (job.id, "operator: wrong master")
+    assert await store.finish(job.id, "w2", Status.SKIPPED, {"skip_reason": "operator: wrong master"})
+    assert await store.requeue(job.id, skip_reason="again") == Requeue.ALREADY_CLOSED
+
+
+async def test_leases_run_on_the_store_clock_not_the_host_clock(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = await ingest_job(store, "evt-1")
+    real = time.time
+    # A worker on a host whose clock is an hour behind: its lease must not look lapsed to everyone else.
+    monkeypatch.setattr(sql.time, "time", lambda: real() - 3600)
+    assert (await store.claim("slow-clock", 60)).id == job.id  # type: ignore[union-attr]
+    assert await store.renew(job.id, "slow-clock", 60) == Lease.HELD
+    monkeypatch.setattr(sql.time, "time", real)
+    assert await store.claim("other", 60) is None
+    held = await store.get_job(job.id)
+    assert held is not None and held.lease_until is not None and 30 < held.lease_until - real() < 90
+    # The same for a wait between tries: due by the store's clock.
+    monkeypatch.setattr(sql.time, "time", lambda: real() + 3600)
+    assert await store.release(job.id, "slow-clock", retry_in=3600) is True
+    monkeypatch.setattr(sql.time, "time", real)
+    assert await store.claim("other", 60) is None
 
 
 # -- jobs that take workers down, and odd rows (see support.odd_jobs) -------------------------------------
@@ -364,7 +440,7 @@ async def test_a_job_whose_worker_went_away_three_times_ends_failed(store: Store
     assert (failed.status, failed.error, failed.crashes, failed.runs, failed.lease_owner, failed.lease_until) == (
         Status.FAILED, "crashed 3 times", 3, 3, None, None)
     assert await store.claim("w5", 60) is None
-    assert await store.renew(job_id, "w3", 60) is False
+    assert await store.renew(job_id, "w3", 60) == Lease.LOST
 
 
 async def test_a_job_given_back_or_finished_counts_no_crash(store: Store) -> None:
@@ -539,6 +615,24 @@ async def test_wait_for_work_returns_when_work_is_queued(store: Store) -> None:
     await ingest_job(store, "evt-1")
     await asyncio.wait_for(waiter, 10)
     assert time.monotonic() - started < 10
+
+
+async def test_an_idle_worker_wakes_when_the_earliest_waiting_job_is_due(store: Store) -> None:
+    job = await ingest_job(store, "evt-1")
+    assert (await store.claim("w", 60)).id == job.id  # type: ignore[union-attr]
+    assert await store.release(job.id, "w", retry_in=1.0) is True
+    await store.wait_for_work(0.01)  # settle anything pending from the ingest
+    listening = getattr(store, "listening", None)  # PostgreSQL: its listener wakes waiters once it is up
+    if listening is not None:
+        assert await asyncio.to_thread(listening.wait, 10)
+        await store.wait_for_work(0.01)
+    started = time.monotonic()
+    await asyncio.wait_for(store.wait_for_work(60), 10)  # not woken by the release: by the job falling due
+    waited = time.monotonic() - started
+    assert 0.5 < waited < 5
+    while (taken := await store.claim("w", 60)) is None:  # a timer may fire a hair early
+        await store.wait_for_work(1)
+    assert taken.id == job.id
 
 
 def _fail_fast(url: str) -> str:

@@ -2,32 +2,33 @@
 
 Drive has no paths, only parents: finding ``a/b/c`` is one listing per
 segment. Jobs for one creative look in the same folders, so the ids found are
-kept for ``cache_s`` seconds, and concurrent look-ups of one path share a
-single walk.
+kept for ``cache_s`` seconds, the ``cache_max`` used last, and concurrent look-ups
+of one path share a single walk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from functools import partial
 
 from fulfiller.catalogs.base import CatalogError
 from fulfiller.catalogs.drive_api import FOLDER, SHORTCUT, DriveApi, Folder, NotFound, quote
 
-_CACHE_MAX = 10_000
-
 
 class DriveFolders:
     """The folders under the root folder ``root_id``, found by path."""
 
-    def __init__(self, api: DriveApi, root_id: str, cache_s: float):
+    def __init__(self, api: DriveApi, root_id: str, cache_s: float, cache_max: int = 10_000):
         self._api = api
         self._root_id = root_id
         self._cache_s = cache_s
+        self._cache_max = cache_max
         self._root: Folder | None = None
         self.root_name = ""  # known once ``root`` has answered
-        self._cached: dict[tuple[str, ...], tuple[float, Folder]] = {}
+        # Path -> (expiry, folder), least recently used first.
+        self._cached: OrderedDict[tuple[str, ...], tuple[float, Folder]] = OrderedDict()
         self._walks: dict[tuple[str, ...], asyncio.Task[Folder | None]] = {}
 
     async def root(self) -> Folder:
@@ -59,9 +60,15 @@ class DriveFolders:
         return await asyncio.shield(walk)
 
     def cached(self, path: tuple[str, ...]) -> Folder | None:
-        """The folder at ``path`` if a walk found it less than ``cache_s`` ago."""
+        """The folder at ``path`` if a walk found it less than ``cache_s`` ago (it is then the last used)."""
         hit = self._cached.get(path)
-        return hit[1] if hit and hit[0] > time.monotonic() else None
+        if hit is None:
+            return None
+        if hit[0] <= time.monotonic():
+            del self._cached[path]
+            return None
+        self._cached.move_to_end(path)
+        return hit[1]
 
     def forget(self, path: tuple[str, ...]) -> None:
         """Drop ``path`` and the folders above it from the cache: the next look-up walks afresh."""
@@ -69,10 +76,10 @@ class DriveFolders:
             self._cached.pop(path[:i], None)
 
     def _remember(self, path: tuple[str, ...], folder: Folder) -> None:
-        now = time.monotonic()
-        if len(self._cached) >= _CACHE_MAX:
-            self._cached = {p: hit for p, hit in self._cached.items() if hit[0] > now}
-        self._cached[path] = (now + self._cache_s, folder)
+        self._cached[path] = (time.monotonic() + self._cache_s, folder)
+        self._cached.move_to_end(path)
+        if len(self._cached) > self._cache_max:
+            self._cached.popitem(last=False)  # the least recently used
 
     def _walk_done(self, path: tuple[str, ...], walk: asyncio.Task[Folder | None]) -> None:
         self._walks.pop(path, None)

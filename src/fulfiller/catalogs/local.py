@@ -78,6 +78,18 @@ class LocalCatalog(Catalog):
             raise CatalogUnavailable(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
         return files
 
+    async def probe(self) -> str:
+        """List the root folder: it must exist, be a folder, and be readable by this process."""
+        return await asyncio.to_thread(self._probe)
+
+    def _probe(self) -> str:
+        try:
+            with os.scandir(self.root) as it:
+                count = sum(1 for _ in it)
+        except OSError as exc:  # missing (an unmounted share), a file, or not ours to read
+            raise CatalogError(f"catalog {self.name}: cannot list root folder {self.root}: {exc.strerror}") from None
+        return f"local folder {self.root}: {count} items"
+
     async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         f = await asyncio.to_thread(self._open, master, start)
         try:

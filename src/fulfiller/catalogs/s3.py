@@ -29,6 +29,9 @@ from fulfiller.media import rank
 # default of 10 would queue requests behind each other.
 MAX_POOL_CONNECTIONS = 32
 
+# A probe lists this many names at most: enough to show the root is there and readable.
+PROBE_KEYS = 10
+
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
 # Error codes that say "ask again later" under a 4xx status.
 _TRANSIENT_CODES = frozenset({"Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"})
@@ -104,6 +107,13 @@ class S3Catalog(Catalog):
             md5=etag if _MD5_HEX.fullmatch(etag) else None,
             version=etag or None,
         )
+
+    async def probe(self) -> str:
+        """List the top of the catalog (the bucket, under the prefix): proves endpoint, credentials and bucket."""
+        page = await self._call("list the root", self._client.list_objects_v2, Bucket=self.bucket,
+                                Prefix=self.prefix, Delimiter="/", MaxKeys=PROBE_KEYS)
+        count = len(page.get("Contents", ())) + len(page.get("CommonPrefixes", ()))
+        return f"s3://{self.bucket}/{self.prefix}: {count}{'+' if page.get('IsTruncated') else ''} items visible"
 
     async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         body = await self._get(master, start)

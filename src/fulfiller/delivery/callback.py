@@ -29,6 +29,16 @@ def skip_body(reason: str) -> dict[str, object]:
     return {"skip": True, "reason": reason}
 
 
+# A reason the platform stores and shows: long enough for any error this service writes, bounded all the same.
+_MAX_FAILURE_REASON = 1000
+
+
+def failure_body(error: str) -> dict[str, object]:
+    """The negative ack for a job that ended ``failed`` or ``invalid`` (``worker.negative_ack_failures``):
+    the platform resumes the import at once instead of waiting out the request's hour."""
+    return skip_body(f"failed:{error}"[:_MAX_FAILURE_REASON])
+
+
 def callback_target(url: str) -> Target:
     """Where a callback to ``url`` goes, as httpx (which sends it) reads the URL."""
     parts = httpx.URL(url)

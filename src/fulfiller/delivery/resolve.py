@@ -120,14 +120,13 @@ async def dry_run(config: Config, args: argparse.Namespace, out: Callable[[str],
 
 
 async def probe_catalogs(config: Config, out: Callable[[str], None]) -> int:
-    """``check-config --probe``: reach every catalog once; the number that failed."""
+    """``check-config --probe``: list every catalog's root once; the number that could not."""
     catalogs = Catalogs(config)
     failures = 0
     try:
         for name in config.catalogs:
-            catalog = catalogs.get(name)
             try:
-                out(f"  {name}: ok: {await catalog.probe()}")
+                out(f"  {name}: ok: {await catalogs.get(name).probe()}")
             except Exception as exc:  # any failure is the operator's answer here
                 failures += 1
                 out(f"  {name}: FAILED: {exc}")

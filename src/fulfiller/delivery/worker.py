@@ -1,9 +1,13 @@
 """The worker loop: claim a job, hold its lease while the engine runs it, repeat.
 
 A claim is a lease, renewed while the job runs; a worker that dies stops
-renewing and another takes the job once the lease lapses. On shutdown the
-loop stops claiming, gives in-flight jobs a grace period, then releases what
-is left back to the queue.
+renewing and another takes the job once the lease lapses, and a worker that
+cannot renew for the lease's length stops its work on the job. A renewal also
+brings an operator's skip: the try in flight stops at once and the job goes back
+to the queue to send it. Jobs waiting between tries are in the queue, not in a
+worker; an idle worker wakes when work is queued or the earliest waiting job is
+due. On shutdown the loop stops claiming, gives the tries in flight a grace
+period, then releases what is left back to the queue.
 
 No job stops the loop: one that cannot be loaded, or whose run raises, ends
 ``failed`` and the loop goes on. Should the loop stop anyway, ``stopped`` says
@@ -18,8 +22,10 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from enum import StrEnum
 
 import httpx
 
@@ -30,9 +36,21 @@ from fulfiller.delivery.transfer import Uploader
 from fulfiller.jobs import Job, Status, internal_error
 from fulfiller.metrics import Metrics
 from fulfiller.store import Store, StoreUnavailable, open_store
-from fulfiller.store.base import UnreadableJob
+from fulfiller.store.base import Lease, UnreadableJob
 
 log = logging.getLogger("fulfiller.worker")
+
+# The longest time between two renewals of a lease: how soon an operator's skip reaches a running try.
+RENEW_EVERY_S = 1.0
+
+
+class _Stop(StrEnum):
+    """Why a worker cut a try short, as its log line says."""
+
+    SHUTDOWN = "shutdown grace over"
+    SKIP = "an operator skips the job"
+    LOST = "job lease lost"
+    UNRENEWED = "job lease not renewed for lease_s"
 
 
 class WorkerPool:
@@ -110,44 +128,74 @@ class WorkerPool:
             self.metrics.jobs_finished.labels(Status.FAILED).inc()
 
     async def _hold(self, job: Job) -> None:
+        """Run ``job`` under its lease. A try cut short (shutdown grace over, an operator's skip, the lease
+        lost or not renewed for ``lease_s``) ends in the engine as a ``cancelled`` attempt; the job then goes
+        back to the queue (shutdown, skip) or is left to whoever holds it now."""
         extra = {"job_id": job.id, "event_id": job.event_id, "worker": self.owner}
-        work = asyncio.create_task(self.engine.run(job, self.owner))
-        renewer = asyncio.create_task(self._renew(job, work))
+        work = asyncio.create_task(self.engine.run(job, self.owner), name=f"run {job.id}")
+        stopped: list[_Stop] = []  # why the work was cancelled, when it was
+        watch = asyncio.create_task(self._watch(job, work, stopped))
         try:
-            await work
-        except asyncio.CancelledError:
-            if not work.done():
-                work.cancel()
-            if self._stopping:
-                with contextlib.suppress(StoreUnavailable):
-                    await asyncio.shield(self.store.release(job.id, self.owner))
-                log.info("job released at shutdown", extra=extra)
-            elif not renewer.done():
-                raise
-            else:
-                log.warning("job lease lost; stopped working on it", extra=extra)
-        except StoreUnavailable as exc:
-            # Its lease will lapse and a worker will take it again once the store is back.
-            log.error("store unavailable during job: %s", exc, extra=extra)
-        except Exception:
-            # The engine ends a job on any error but the store's; this is its final write failing.
-            log.exception("job crashed; it will be taken again when its lease lapses", extra=extra)
+            await asyncio.wait([work])
+        except asyncio.CancelledError:  # the shutdown grace is over
+            stopped.append(_Stop.SHUTDOWN)
+            work.cancel()
+            await asyncio.wait([work])
         finally:
-            renewer.cancel()
+            watch.cancel()
+        try:
+            if work.cancelled():
+                await self._stopped(job, stopped[0] if stopped else _Stop.SHUTDOWN, extra)
+            elif isinstance(work.exception(), StoreUnavailable):
+                # Its lease will lapse and a worker will take it again once the store is back.
+                log.error("store unavailable during job: %s", work.exception(), extra=extra)
+            elif work.exception() is not None:
+                # The engine ends a job on any error but the store's; this is its final write failing.
+                log.error("job crashed; it will be taken again when its lease lapses", exc_info=work.exception(),
+                          extra=extra)
+        finally:
             self._tasks.pop(job.id, None)
             self._slot_freed.set()
 
-    async def _renew(self, job: Job, work: asyncio.Task[str]) -> None:
-        lease = self.config.worker.lease_s
+    async def _stopped(self, job: Job, why: _Stop, extra: dict[str, str]) -> None:
+        if why in (_Stop.LOST, _Stop.UNRENEWED):
+            log.warning("%s; stopped working on the job (another worker may have it)", why.value, extra=extra)
+            return
+        try:
+            released = await asyncio.shield(self.store.release(job.id, self.owner))
+        except StoreUnavailable as exc:
+            log.error("cannot give the job back (%s); it runs again when its lease lapses", exc, extra=extra)
+            return
+        if released:
+            log.info("job released %s", "at shutdown" if why == _Stop.SHUTDOWN else "to send an operator's skip",
+                     extra=extra)
+
+    async def _watch(self, job: Job, work: asyncio.Task[Status], stopped: list[_Stop]) -> None:
+        """Renew the lease while ``work`` runs, often enough that an operator's skip reaches the try within a
+        second; cancel the work when the job is no longer ours, when a skip is asked for, or when no renewal
+        has succeeded for ``lease_s`` (the lease has lapsed by now: another worker may take the job)."""
+        lease_s = self.config.worker.lease_s
+        every = min(lease_s / 3, RENEW_EVERY_S)
+        held_at = time.monotonic()
         while not work.done():
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(every)
+            left = lease_s - (time.monotonic() - held_at)
             try:
-                held = await self.store.renew(job.id, self.owner, lease)
-            except StoreUnavailable:
-                continue  # keep working; the next renewal may succeed before the lease lapses
-            if not held:
-                work.cancel()
-                return
+                lease = await asyncio.wait_for(self.store.renew(job.id, self.owner, lease_s), max(left, 0.001))
+            except Exception as exc:  # the store failing or not answering in time: the lease may lapse
+                if time.monotonic() - held_at < lease_s:
+                    if left >= lease_s - every * 1.5:  # the first failure of a stretch: one line, not one a second
+                        log.warning("cannot renew the lease: %s", str(exc) or type(exc).__name__,
+                                    extra={"job_id": job.id, "worker": self.owner})
+                    continue
+                stopped.append(_Stop.UNRENEWED)
+            else:
+                if lease == Lease.HELD:
+                    held_at = time.monotonic()
+                    continue
+                stopped.append(_Stop.SKIP if lease == Lease.SKIP_REQUESTED else _Stop.LOST)
+            work.cancel()
+            return
 
     async def _drain(self) -> None:
         self._stopping = True

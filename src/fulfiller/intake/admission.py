@@ -151,12 +151,17 @@ def answer(stored: bool) -> tuple[int, str]:
     return (202, "accepted") if stored else (200, "duplicate")
 
 
-def log_ingested(event_id: str, topic: str, stored: bool) -> None:
-    """The line for a delivery the store took, written by whatever committed it (``Store.ingest``):
-    the receiver logs only the deliveries it refuses itself."""
+def log_ingested(event: IncomingEvent, stored: bool) -> None:
+    """The lines for a delivery the store took, written by whatever committed it (``Store.ingest``):
+    the receiver logs only the deliveries it refuses itself. A new job that is ``invalid`` gets its own
+    warning here, as its outcome: no worker ever runs it."""
     status, outcome = answer(stored)
-    log.info("delivery %s", outcome, extra={"event_id": event_id, "topic": topic or None, "outcome": outcome,
-                                             "http_status": status})
+    log.info("delivery %s", outcome, extra={"event_id": event.event_id, "topic": event.topic or None,
+                                             "outcome": outcome, "http_status": status})
+    job = event.job
+    if stored and job is not None and job.status == Status.INVALID:
+        log.warning("job %s", job.status, extra={"event_id": job.event_id, "job_id": job.id, "status": job.status,
+                                                 "code": job.code, "reason": job.error})
 
 
 def plan_delivery(delivery: Delivery) -> IncomingEvent:

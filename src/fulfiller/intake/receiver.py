@@ -31,8 +31,9 @@ log = logging.getLogger("fulfiller.receiver")
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _CONTENT_TYPE = (b"content-type", b"application/json")
 
-# A delivery's answer: status and JSON body, the outcome (metrics, logs) and the event id if known.
-Answer = tuple[int, dict[str, str], str, str | None]
+# A delivery's answer: status and JSON body, the outcome (metrics, logs), the event id if known, and for a
+# refused delivery the reason code its log line gives (finer than the outcome: which signature check failed).
+Answer = tuple[int, dict[str, str], str, str | None, str | None]
 # The longest event id stored: it is the events table's key, and an index row has a size limit.
 MAX_EVENT_ID_BYTES = 255
 
@@ -63,11 +64,13 @@ class Receiver:
         started = time.perf_counter()
         headers = _headers(scope)
         topic = headers.get(self.topic_header, "")
-        status, reply, outcome, event_id = await self._handle(headers, receive, topic)
+        status, reply, outcome, event_id, reason = await self._handle(headers, receive, topic)
         self.metrics.delivery(topic, outcome, time.perf_counter() - started)
-        if status >= 400:
-            log.warning("delivery %s", outcome, extra={"event_id": event_id, "topic": topic or None,
-                                                        "outcome": outcome, "http_status": status})
+        if reason is not None:
+            client = scope.get("client")  # (host, port), or None over a Unix socket
+            log.warning("delivery refused: %s", reason, extra={
+                "event_id": event_id, "topic": topic or None, "outcome": outcome, "reason": reason,
+                "http_status": status, "client": client[0] if client else None})
         body = _encode(reply).encode("utf-8")
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", str(len(body)).encode("latin-1")), _CONTENT_TYPE]})
@@ -98,28 +101,29 @@ class Receiver:
         try:
             body = await self._read_body(headers, receive)
         except BodyTooLarge:
-            return _error(413, f"body over {self.cfg.max_body_bytes} bytes", "too_large", None)
+            return _refused(413, f"body over {self.cfg.max_body_bytes} bytes", "too_large", "too_large")
         except ClientDisconnect:
-            return _error(400, "client disconnected", "bad_body", None)
+            return _refused(400, "client disconnected", "bad_body", "client_disconnected")
         try:
             header_id = self.verifier.verify(body, headers)
         except SignatureError as exc:
-            return _error(401, f"signature refused: {exc}", "bad_signature", None)
+            # The code only: which secret, template or clock it failed on is for operators (the doctor).
+            return 401, {"error": "signature refused", "reason": exc.code}, "bad_signature", None, exc.code
         if header_id is not None and len(header_id) > MAX_EVENT_ID_BYTES:  # headers are Latin-1: a byte a character
-            return _error(400, f"event id over {MAX_EVENT_ID_BYTES} bytes", "bad_event_id", None)
+            return _refused(400, f"event id over {MAX_EVENT_ID_BYTES} bytes", "bad_event_id", "event_id_too_long")
         event_id = header_id or "sha256:" + hashlib.sha256(body).hexdigest()
         try:
             stored = await self.store.ingest(Delivery(event_id, topic, body, time.time()))
         except NotAnObject as exc:
-            return _error(400, str(exc), "bad_body", event_id)
+            return _refused(400, str(exc), "bad_body", "not_a_json_object", event_id)
         except Exception as exc:
             # Nothing is acked that is not committed: 503, and the sender retries. Anything but
             # StoreUnavailable is a bug, so it is logged with its traceback.
             log.error("store cannot commit: %s", exc, exc_info=not isinstance(exc, StoreUnavailable),
                       extra={"event_id": event_id})
-            return _error(503, "store unavailable; retry later", "store_unavailable", event_id)
+            return _refused(503, "store unavailable; retry later", "store_unavailable", "store_unavailable", event_id)
         status, outcome = answer(stored)
-        return status, {"status": outcome, "event_id": event_id}, outcome, event_id
+        return status, {"status": outcome, "event_id": event_id}, outcome, event_id, None
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -128,5 +132,5 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
 
 
-def _error(status: int, message: str, outcome: str, event_id: str | None) -> Answer:
-    return status, {"error": message}, outcome, event_id
+def _refused(status: int, message: str, outcome: str, reason: str, event_id: str | None = None) -> Answer:
+    return status, {"error": message}, outcome, event_id, reason

@@ -25,8 +25,10 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 
 __all__ = [
+    "Refusal",
     "SignatureError",
     "Verifier",
     "sign_outpost",
@@ -38,8 +40,30 @@ _HEX_LEN = 2 * hashlib.sha256().digest_size  # 64
 _WHSEC = "whsec_"
 
 
+class Refusal(StrEnum):
+    """Why a signature was refused, as the receiver answers it: the public reason codes, which tell the
+    sender what to fix without telling it anything about the secrets."""
+
+    NO_SIGNATURE_HEADER = "no_signature_header"
+    MALFORMED_SIGNATURE = "malformed_signature"
+    TIMESTAMP_OUTSIDE_TOLERANCE = "timestamp_outside_tolerance"
+    MISSING_TIMESTAMP = "missing_timestamp"
+    BAD_SIGNATURE = "bad_signature"
+
+
 class SignatureError(Exception):
-    """Why a request's signature was refused (short, safe to log: never contains a secret or signature)."""
+    """Why a request's signature was refused (short, safe to log: never contains a secret or signature).
+
+    ``code`` is the public reason code; the message may say more (an empty header, a missing id header).
+    """
+
+    def __init__(self, message: str, code: Refusal) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _malformed() -> SignatureError:
+    return SignatureError("malformed signature header", Refusal.MALFORMED_SIGNATURE)
 
 
 # --- keys ---------------------------------------------------------------------------
@@ -101,7 +125,7 @@ def _check_time(ts: int, tolerance_s: int, now: float | None) -> None:
     """Refuse a signed timestamp too far from now, in either direction (replay, clock skew)."""
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance_s:
-        raise SignatureError("timestamp outside tolerance")
+        raise SignatureError("timestamp outside tolerance", Refusal.TIMESTAMP_OUTSIDE_TOLERANCE)
 
 
 def _parse_unix(value: str) -> int:
@@ -112,7 +136,7 @@ def _parse_unix(value: str) -> int:
     """
     value = value.strip()
     if not (value.isascii() and value.isdigit() and len(value) <= 12):
-        raise SignatureError("malformed signature header")
+        raise _malformed()
     return int(value)
 
 
@@ -138,17 +162,17 @@ def _parse_outpost(value: str) -> tuple[int | None, list[bytes]]:
                 ts = _parse_unix(val)
                 continue
             if key != "v0":
-                raise SignatureError("malformed signature header")
+                raise _malformed()
             seen_v0 = True
             part = val
         elif not seen_v0:  # a bare signature only continues a v0= list
-            raise SignatureError("malformed signature header")
+            raise _malformed()
         sig = part.lower()
         if len(sig) != _HEX_LEN or not _HEX.issuperset(sig):
-            raise SignatureError("malformed signature header")
+            raise _malformed()
         candidates.append(sig.encode("ascii"))
     if not candidates:
-        raise SignatureError("malformed signature header")
+        raise _malformed()
     return ts, candidates
 
 
@@ -157,19 +181,19 @@ def _verify_outpost_keys(
     require_timestamp: bool = False,
 ) -> None:
     if header is None:
-        raise SignatureError("missing signature header")
+        raise SignatureError("missing signature header", Refusal.NO_SIGNATURE_HEADER)
     if not header.strip():
-        raise SignatureError("empty signature header")
+        raise SignatureError("empty signature header", Refusal.NO_SIGNATURE_HEADER)
     ts, candidates = _parse_outpost(header)
     if ts is None and require_timestamp:
-        raise SignatureError("missing timestamp")
+        raise SignatureError("missing timestamp", Refusal.MISSING_TIMESTAMP)
     content = body
     if ts is not None:
         _check_time(ts, tolerance_s, now)
         content = f"{ts}.".encode("ascii") + body
     expected = [_mac(k, content).hex().encode("ascii") for k in keys]
     if not _any_matches(candidates, expected):
-        raise SignatureError("no signature matches")
+        raise SignatureError("no signature matches", Refusal.BAD_SIGNATURE)
 
 
 def sign_outpost(body: bytes, secrets: Sequence[str], *, timestamp: int | None = None) -> str:
@@ -189,15 +213,15 @@ def _parse_standard(value: str) -> list[bytes]:
     for entry in value.split():
         version, sep, b64 = entry.partition(",")
         if not sep:
-            raise SignatureError("malformed signature header")
+            raise _malformed()
         if version != "v1":
             continue
         try:
             digest = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
-            raise SignatureError("malformed signature header") from None
+            raise _malformed() from None
         if len(digest) != hashlib.sha256().digest_size:
-            raise SignatureError("malformed signature header")
+            raise _malformed()
         digests.append(digest)
     return digests
 
@@ -214,20 +238,20 @@ def _verify_standard_keys(
     ts_raw = headers.get(f"{prefix}timestamp")
     sig = headers.get(f"{prefix}signature")
     if sig is None:
-        raise SignatureError("missing signature header")
+        raise SignatureError("missing signature header", Refusal.NO_SIGNATURE_HEADER)
     if not sig.strip():
-        raise SignatureError("empty signature header")
+        raise SignatureError("empty signature header", Refusal.NO_SIGNATURE_HEADER)
     if msg_id is None or not msg_id.strip():
-        raise SignatureError("missing id header")
+        raise SignatureError("missing id header", Refusal.MALFORMED_SIGNATURE)
     if ts_raw is None or not ts_raw.strip():
-        raise SignatureError("missing timestamp header")
+        raise SignatureError("missing timestamp header", Refusal.MISSING_TIMESTAMP)
     msg_id = msg_id.strip()
     ts = _parse_unix(ts_raw)
     candidates = _parse_standard(sig)
     _check_time(ts, tolerance_s, now)
     content = f"{msg_id}.{ts}.".encode() + body
     if not _any_matches(candidates, [_mac(k, content) for k in keys]):
-        raise SignatureError("no signature matches")
+        raise SignatureError("no signature matches", Refusal.BAD_SIGNATURE)
     return msg_id
 
 

@@ -2,11 +2,14 @@
 
 Mounted only when an admin token is configured; every route checks it in
 constant time. Responses never carry pre-signed URL signatures or tokens.
+Every action that changes a job, and every refused token, leaves an audit line
+with the client's address (never the token).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from importlib.resources import files
 
 from starlette.requests import Request
@@ -15,6 +18,12 @@ from starlette.routing import Route
 
 from fulfiller.jobs import Status
 from fulfiller.store.base import REFUSALS, Requeue, Store
+
+audit = logging.getLogger("fulfiller.admin")
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -41,6 +50,8 @@ class AdminApi:
         def guarded(handler):  # type: ignore[no-untyped-def]
             async def endpoint(request: Request) -> Response:
                 if not self.authorized(request):
+                    audit.warning("admin token refused", extra={"http_status": 401, "client": _client(request),
+                                                                  "path": request.url.path})
                     return JSONResponse({"error": "missing or wrong admin token"}, 401,
                                         headers={"WWW-Authenticate": "Bearer"})
                 return await handler(request)
@@ -85,7 +96,7 @@ class AdminApi:
         return JSONResponse(job.to_json(with_payload=True))
 
     async def rerun(self, request: Request) -> Response:
-        return await self._requeue(request, None)
+        return await self._requeue(request, "rerun", None)
 
     async def skip(self, request: Request) -> Response:
         try:
@@ -94,12 +105,23 @@ class AdminApi:
             body = None
         reason = body.get("reason") if isinstance(body, dict) else None
         if not isinstance(reason, str) or not reason.strip():
-            return JSONResponse({"error": 'body must be {"reason": "..."}'}, 400)
-        return await self._requeue(request, reason.strip())
+            return self._answer(request, "skip", "no_reason", 400, {"error": 'body must be {"reason": "..."}'})
+        return await self._requeue(request, "skip", reason.strip())
 
-    async def _requeue(self, request: Request, skip_reason: str | None) -> Response:
+    async def _requeue(self, request: Request, action: str, skip_reason: str | None) -> Response:
         job_id = request.path_params["job_id"]
         outcome = await self.store.requeue(job_id, skip_reason)
         if outcome != Requeue.QUEUED:
-            return JSONResponse({"error": REFUSALS[outcome]}, 404 if outcome == Requeue.NOT_FOUND else 409)
-        return JSONResponse({"status": "queued", "id": job_id, "skip": skip_reason is not None}, 202)
+            status = 404 if outcome == Requeue.NOT_FOUND else 409
+            return self._answer(request, action, outcome, status, {"error": REFUSALS[outcome]}, skip_reason)
+        return self._answer(request, action, outcome, 202,
+                            {"status": "queued", "id": job_id, "skip": skip_reason is not None}, skip_reason)
+
+    @staticmethod
+    def _answer(request: Request, action: str, outcome: str, status: int, body: dict[str, object],
+                reason: str | None = None) -> Response:
+        """The answer to an action on a job, after its audit line: who asked for what, and what came of it."""
+        audit.info("admin %s %s", action, outcome, extra={
+            "job_id": request.path_params["job_id"], "outcome": outcome, "http_status": status,
+            "client": _client(request), "reason": reason})
+        return JSONResponse(body, status)

@@ -1,4 +1,4 @@
-"""Operator commands that read or change jobs straight from the store (``fulfiller jobs`` / ``rerun``)."""
+"""Operator commands that read or change jobs straight from the store (``fulfiller jobs`` / ``rerun`` / ``skip``)."""
 
 from __future__ import annotations
 
@@ -53,16 +53,48 @@ def _cell(value: Any) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
-async def rerun(config: Config, job_id: str, out: Callable[[str], None]) -> int:
-    """Exit 0 when re-queued, 1 for an unknown job, 2 when refused."""
+# A completed job's wait token is answered: a second upload and callback most likely meet a 409.
+COMPLETED_NEEDS_FORCE = ("the job is completed and the platform most likely answers 409 to a second delivery; "
+                         "give --force to re-queue it anyway")
+
+
+async def rerun(config: Config, job_id: str, out: Callable[[str], None], *, force: bool = False) -> int:
+    """Exit 0 when re-queued, 1 for an unknown job, 2 when refused (a completed job only with ``force``)."""
     store = open_store(config.state)
     await store.open()
     try:
+        if not force:
+            job = await store.get_job(job_id)
+            if job is not None and job.status == Status.COMPLETED:
+                out(f"{job_id}: refused: {COMPLETED_NEEDS_FORCE}")
+                return 2
         outcome = await store.requeue(job_id)
     finally:
         await store.close()
+    return _answer(job_id, outcome, "re-queued", out)
+
+
+async def skip(config: Config, job_id: str, reason: str, out: Callable[[str], None]) -> int:
+    """Have a worker tell the platform to skip the job (as ``POST /admin/jobs/{id}/skip`` does).
+
+    Exit 0 when the skip is queued, 1 for an unknown job, 2 when refused (a final job, an empty reason).
+    """
+    reason = reason.strip()
+    if not reason:
+        out("--reason must say why (the platform is told)")
+        return 2
+    store = open_store(config.state)
+    await store.open()
+    try:
+        outcome = await store.requeue(job_id, skip_reason=reason)
+    finally:
+        await store.close()
+    return _answer(job_id, outcome, f"skip requested; a worker tells the platform (reason: {_cell(reason)})", out)
+
+
+def _answer(job_id: str, outcome: Requeue, done: str, out: Callable[[str], None]) -> int:
     if outcome == Requeue.QUEUED:
-        out(f"{job_id}: re-queued")
+        out(f"{job_id}: {done}")
         return 0
     if outcome == Requeue.NOT_FOUND:
         out(f"{job_id}: {REFUSALS[Requeue.NOT_FOUND]}")

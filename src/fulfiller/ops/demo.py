@@ -192,9 +192,9 @@ async def _demo(workdir: Path, out: Callable[[str], None]) -> int:
 
 
 def _demo_events(base: str) -> list[tuple[str, str, dict[str, Any]]]:
-    oss = sample_event("", "", code="DEMO-100", aspect="9x16")
-    feed = _afs(sample_event("", "", code="DEMO-200"), "feed", ["1x1", "3x4", "4x5"])
-    story = _afs(sample_event("", "", code="DEMO-200"), "story_reel", ["9x16"])
+    oss = sample_event("", "", code="DEMO-100", variation=1, aspect="9x16")
+    feed = sample_event("", "", code="DEMO-200", variation=1, family="feed", accepted=["1x1", "3x4", "4x5"])
+    story = sample_event("", "", code="DEMO-200", variation=1, family="story_reel", accepted=["9x16"])
     out = []
     for label, body in (("OSS DEMO-100 9x16 video", oss), ("AFS DEMO-200 feed (1x1, 3x4, 4x5)", feed),
                         ("AFS DEMO-200 story_reel (9x16): no master", story)):
@@ -202,7 +202,6 @@ def _demo_events(base: str) -> list[tuple[str, str, dict[str, Any]]]:
         c = body["creative"]
         family = c.get("placementFamily") or c.get("aspectRatio")
         key = f"fb-external/019d928c/{c['code']}/v1/en/{family}.video"
-        c["variation"] = 1
         token = "waitpoint_" + secrets.token_hex(8)
         body["fulfillment"].update({
             "storageKey": key,
@@ -212,10 +211,3 @@ def _demo_events(base: str) -> list[tuple[str, str, dict[str, Any]]]:
         out.append((label, "evt_demo_" + secrets.token_hex(6), body))
     return out
 
-
-def _afs(body: dict[str, Any], family: str, accepted: list[str]) -> dict[str, Any]:
-    creative = body["creative"]
-    del creative["aspectRatio"]
-    creative["placementFamily"] = family
-    creative["acceptedAspects"] = accepted
-    return body

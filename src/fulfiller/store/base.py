@@ -33,10 +33,20 @@ class UnreadableJob(Exception):
 
 @dataclass
 class Stats:
-    """What the metrics endpoint reports about the queue."""
+    """What the metrics endpoint reports about the queue. ``oldest_queued_at``: since when the longest-waiting
+    job that is due has been due (its creation, or the end of its wait between tries); jobs still waiting
+    between tries are not late."""
 
     by_status: dict[str, int] = field(default_factory=dict)
     oldest_queued_at: float | None = None
+
+
+class Lease(StrEnum):
+    """What a renewal found: the job is still ours, ours but an operator asked to skip it, or no longer ours."""
+
+    HELD = "held"
+    SKIP_REQUESTED = "skip_requested"
+    LOST = "lost"
 
 
 class Requeue(StrEnum):
@@ -53,10 +63,11 @@ class Requeue(StrEnum):
 # Why a rerun or skip was refused, as operators read it in the admin API, the console and the CLI alike.
 REFUSALS = {
     Requeue.NOT_FOUND: "no such job",
-    Requeue.IS_RUNNING: "the job is running; wait for it to finish",
+    Requeue.IS_RUNNING: "the job is running; wait for it to finish, or skip it",
     Requeue.PAST_DEADLINE: "the job's deadline (expiresAt) has passed; the platform falls back to manual upload",
     Requeue.NOT_RERUNNABLE: "an invalid payload cannot be rerun; the platform must send a new event",
-    Requeue.ALREADY_CLOSED: "only a queued or failed job can be skipped; this one's request is already answered",
+    Requeue.ALREADY_CLOSED: ("only a queued or failed job can be skipped (or a running one: its try stops);"
+                             " this one's request is already answered"),
 }
 
 # A job whose worker went away while holding it (a crash, a lease it could not renew) this many
@@ -89,8 +100,9 @@ class Store(ABC):
 
         A backend may do both where it commits, off the event loop (SQLiteStore does).
         """
-        stored = await self.ingest_event(plan_delivery(delivery))
-        log_ingested(delivery.event_id, delivery.topic, stored)
+        event = plan_delivery(delivery)
+        stored = await self.ingest_event(event)
+        log_ingested(event, stored)
         return stored
 
     @abstractmethod
@@ -102,8 +114,9 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
-        """Extend the lease; False when the job is no longer ours (lease lost, or closed by an event)."""
+    async def renew(self, job_id: str, owner: str, lease_s: float) -> Lease:
+        """Extend the lease (by the store's clock); LOST when the job is no longer ours (lease lapsed and taken,
+        or closed by an event), SKIP_REQUESTED when an operator asked to skip it."""
 
     @abstractmethod
     async def add_attempt(self, job_id: str, attempt: Attempt) -> None: ...
@@ -117,8 +130,10 @@ class Store(ABC):
         """Move a job we hold to a final status; False if it is no longer ours."""
 
     @abstractmethod
-    async def release(self, job_id: str, owner: str, not_before: float = 0.0) -> bool:
-        """Give a job we hold back to the queue (shutdown, or retry later)."""
+    async def release(self, job_id: str, owner: str, retry_in: float | None = None) -> bool:
+        """Give a job we hold back to the queue: due at once (shutdown, a skip to send), or, after a transient
+        failure, due ``retry_in`` seconds from now by the store's clock, its ``retries`` counted.
+        False if it is no longer ours."""
 
     @abstractmethod
     async def get_job(self, job_id: str) -> Job | None:
@@ -132,7 +147,12 @@ class Store(ABC):
 
     @abstractmethod
     async def requeue(self, job_id: str, skip_reason: str | None = None) -> Requeue:
-        """Queue a job again (rerun, or a forced skip), or say why not."""
+        """Queue a job again (rerun, or an operator's skip), or say why not.
+
+        A rerun makes the job due at once and starts it over (it uploads again). A skip of a queued or failed
+        job does the same with the skip to send; a skip of a running job is recorded on it, and the worker
+        holding it learns so at its next renewal (``Lease.SKIP_REQUESTED``), stops the try and gives it back.
+        """
 
     @abstractmethod
     async def stats(self) -> Stats: ...

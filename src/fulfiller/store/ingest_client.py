@@ -3,6 +3,11 @@
 ``SQLiteStore.ingest`` hands each verified delivery to ``IngestProcess``, which writes
 it to the child's stdin (``ingest_wire``) and resolves the caller once the child
 answers that the commit holding it is done.
+
+A child that does not answer within ``deadline_s`` (stopped, or stuck in an fsync)
+is killed: what it held is answered 503, which the sender retries, and the next
+delivery starts a new child. Outpost would otherwise wait its own timeout on every
+delivery while the child hangs.
 """
 
 from __future__ import annotations
@@ -13,16 +18,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fulfiller.intake.admission import Delivery, NotAnObject
 from fulfiller.store.base import StoreUnavailable
-from fulfiller.store.ingest_wire import BAD_BODY, UNAVAILABLE, Frames, frame, to_wire
+from fulfiller.store.ingest_wire import BAD_BODY, UNAVAILABLE, Frames, frame, probe_to_wire, to_wire
 
 log = logging.getLogger("fulfiller.store.ingester")  # the name its lines have always logged under
 
 CHILD_MODULE = "fulfiller.store.ingester"  # run as ``python -m``; named, not imported (it imports the store)
+# A delivery is answered within 10 s whatever the child does; a commit that waits on another process's
+# lock gives up first (the store's busy timeout, 5 s unless set), so that wait is not taken for a hang.
+DEADLINE_S = 8.0
 
 
 class _Verdicts(asyncio.Protocol):
@@ -45,21 +54,25 @@ class IngestProcess:
     """The parent's side: starts the child on first use, sends it deliveries, and answers each caller.
 
     It serves the event loop it was first used on (the server's); if the child dies,
-    the writes it held fail with StoreUnavailable (the sender retries them) and the
-    next ingest starts a new one, at most once per ``restart_after_s``.
+    or leaves a message unanswered for ``deadline_s`` (then it is killed), the writes
+    it held fail with StoreUnavailable (the sender retries them) and the next ingest
+    starts a new one, at most once per ``restart_after_s``.
     """
 
     restart_after_s = 1.0
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, deadline_s: float = DEADLINE_S) -> None:
         self.url = url
+        self.deadline_s = deadline_s
         self.loop: asyncio.AbstractEventLoop | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._generation = 0
         self._started_at = 0.0
         self._seq = 0
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        # Unanswered messages, oldest first, with when each was sent (the watchdog reads the first).
+        self._waiting: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -70,22 +83,35 @@ class IngestProcess:
 
     async def ingest(self, delivery: Delivery) -> bool:
         """True when the child committed the delivery, False for a duplicate id; NotAnObject or
-        StoreUnavailable when it refused it."""
-        await self.ensure_running()
-        if self._stdin is None or self.loop is None:  # it started, and ended before this caller resumed
-            raise StoreUnavailable("ingest process exited")
-        self._seq += 1
-        seq = self._seq
-        fut = self.loop.create_future()
-        self._waiting[seq] = fut
-        self._stdin.write(frame(to_wire(seq, delivery)))  # at once: the child starts on it while the loop goes on
-        verdict = await fut
+        StoreUnavailable when it refused it, or did not answer within ``deadline_s``."""
+        verdict = await self._ask(lambda seq: to_wire(seq, delivery))
         if isinstance(verdict, bool):
             return verdict
         refusal, text = verdict
         raise NotAnObject(text) if refusal == BAD_BODY else StoreUnavailable(text)
 
-    async def ensure_running(self) -> None:
+    async def probe(self) -> None:
+        """Prove the child answers (after the commit it is in, if any); StoreUnavailable when it cannot be
+        started, or does not answer within ``deadline_s``."""
+        verdict = await self._ask(probe_to_wire)
+        if not isinstance(verdict, bool):
+            raise StoreUnavailable(verdict[1])
+
+    async def _ask(self, message: Callable[[int], tuple[Any, ...]]) -> Any:
+        """Send the child ``message(seq)`` and wait for its verdict."""
+        await self._ensure_running()
+        if self._stdin is None or self.loop is None:  # it started, and ended before this caller resumed
+            raise StoreUnavailable("ingest process exited")
+        self._seq += 1
+        seq = self._seq
+        fut = self.loop.create_future()
+        self._waiting[seq] = (fut, time.monotonic())
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_later(self.deadline_s, self._watch)
+        self._stdin.write(frame(message(seq)))  # at once: the child starts on it while the loop goes on
+        return await fut
+
+    async def _ensure_running(self) -> None:
         """Start the child if it is not running (raise StoreUnavailable while it may not be restarted yet)."""
         if self._stdin is not None:
             return
@@ -126,9 +152,28 @@ class IngestProcess:
 
     def _settle(self, verdicts: list[tuple[int, Any]]) -> None:
         for seq, verdict in verdicts:
-            fut = self._waiting.pop(seq, None)
-            if fut is not None and not fut.done():
-                fut.set_result(verdict)
+            waiting = self._waiting.pop(seq, None)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_result(verdict)
+
+    def _watch(self) -> None:
+        """The watchdog: due when the oldest unanswered message may be ``deadline_s`` old."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        assert self.loop is not None
+        _, sent_at = next(iter(self._waiting.values()))
+        overdue_in = sent_at + self.deadline_s - time.monotonic()
+        if overdue_in > 0:
+            self._watchdog = self.loop.call_later(overdue_in, self._watch)
+            return
+        proc = self._proc
+        log.error("ingest process (pid %s) did not answer within %g s; killed, in-flight deliveries answered 503",
+                  proc.pid if proc is not None else "?", self.deadline_s)
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # a stopped process dies too; one stuck in the kernel dies on its way out
+        self._generation += 1  # the killed child's end is not news: what it held is answered here
+        self._fail_waiting(f"ingest process did not commit within {self.deadline_s:g} s; restarting it")
 
     def _lost(self, generation: int) -> None:
         """The child's stdout closed: it ended. What it had not answered was not acked, so fails retryably."""
@@ -137,11 +182,18 @@ class IngestProcess:
         code = self._proc.poll() if self._proc is not None else None
         if not self._closed:
             log.error("ingest process exited (code %s); in-flight deliveries answered 503", code)
+        self._fail_waiting("ingest process exited")
+
+    def _fail_waiting(self, reason: str) -> None:
+        """The child is gone: stop writing to it, and answer what it held as unavailable."""
         self._stop_child()
-        for fut in self._waiting.values():
+        for fut, _ in self._waiting.values():
             if not fut.done():
-                fut.set_result((UNAVAILABLE, "ingest process exited"))
+                fut.set_result((UNAVAILABLE, reason))
         self._waiting.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _stop_child(self) -> None:
         if self._stdin is not None:
@@ -161,6 +213,9 @@ class IngestProcess:
             proc.kill()
             await asyncio.to_thread(proc.wait)
         self._proc = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
 
 def _child_env() -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The ingest child's wire format, spoken by both sides (``ingest_client`` and ``ingester``).
 
 Each message is a 4-byte little-endian length and a pickle. The parent sends
-``(seq, event_id, topic, body, received_at)``; the child answers a list of
+``(seq, event_id, topic, body, received_at)``, or ``(seq,)`` to probe the child
+(answered True with the batch it arrives in); the child answers a list of
 ``(seq, verdict)``: True (stored), False (a duplicate), or ``(refusal, text)``
 where the refusal is ``BAD_BODY`` (not a JSON object) or ``UNAVAILABLE`` (the
 store could not commit it).
@@ -51,6 +52,11 @@ def to_wire(seq: int, delivery: Delivery) -> tuple[Any, ...]:
     return (seq, delivery.event_id, delivery.topic, delivery.body, delivery.received_at)
 
 
-def from_wire(message: tuple[Any, ...]) -> tuple[int, Delivery]:
+def probe_to_wire(seq: int) -> tuple[Any, ...]:
+    return (seq,)
+
+
+def from_wire(message: tuple[Any, ...]) -> tuple[int, Delivery | None]:
+    """``(seq, delivery)``, or ``(seq, None)`` for a probe."""
     seq, *fields = message
-    return seq, Delivery(*fields)
+    return seq, Delivery(*fields) if fields else None

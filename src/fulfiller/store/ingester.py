@@ -17,7 +17,7 @@ This module is the child (``python -m fulfiller.store.ingester``); the server's 
 which starts it and talks to it, is ``ingest_client.IngestProcess``, and the messages
 both sides exchange are ``ingest_wire``'s.
 
-The child also writes the log line of each delivery it took (``intake.log_ingested``),
+The child also writes the log line of each delivery it took (``admission.log_ingested``),
 after its answers, so that formatting them costs the event loop nothing; it logs
 as the server does (format and level from ``logs.setup_logging``), and its lines
 share stderr with the server's whole (see ``logs.BlockHandler``).
@@ -80,14 +80,17 @@ def serve(url: str, inbox_fd: int, outbox_fd: int) -> None:
             if verdicts:
                 _write_all(outbox_fd, frame(verdicts))
             for ingest, stored in taken:  # after the answers: the loop waits on them, not on these
-                log_ingested(ingest.event.event_id, ingest.event.topic, stored)
+                log_ingested(ingest.event, stored)
     finally:
         if conn is not None:
             conn.close()
 
 
-def _plan(ingestion: Ingestion, seq: int, delivery: Delivery) -> tuple[int, Any]:
-    """``(seq, Ingest)`` to commit, or ``(seq, verdict)`` when the delivery is refused already."""
+def _plan(ingestion: Ingestion, seq: int, delivery: Delivery | None) -> tuple[int, Any]:
+    """``(seq, Ingest)`` to commit, or ``(seq, verdict)`` when the delivery is refused already, or is a probe
+    (answered True with the batch's verdicts, after its commits)."""
+    if delivery is None:
+        return seq, True
     try:
         return seq, Ingest(ingestion, plan_delivery(delivery))
     except NotAnObject as exc:

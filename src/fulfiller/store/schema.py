@@ -11,6 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# clock_timestamp(), not now(): a write batch is one transaction, and now() is when it began.
+_CLOCKS = {
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+    "postgresql": "extract(epoch FROM clock_timestamp())::double precision",
+}
+
 
 @dataclass(frozen=True)
 class Dialect:
@@ -21,6 +27,12 @@ class Dialect:
     serial_pk: str  # an auto-increment primary key column type
     begin: str  # a write transaction that takes the write lock at once
     skip_locked: str  # claim suffix so concurrent claimers pass over each other's rows
+
+    @property
+    def clock(self) -> str:
+        """The database's clock in epoch seconds, as an SQL expression. Leases and not-before times are
+        written and compared by it, so hosts whose clocks disagree still agree on who holds a job."""
+        return _CLOCKS[self.name]
 
     def q(self, sql: str) -> str:
         """``sql``, written with ``?`` placeholders, in this dialect's."""
@@ -124,6 +136,15 @@ def migrations(d: Dialect) -> list[list[str]]:
             # (~2.7 KB); the project id adds nothing to the code's selectivity.
             "DROP INDEX jobs_coords",
             "CREATE INDEX jobs_coords ON jobs (code, variation, locale)",
+        ],
+        [
+            # A job waits between tries in the queue, not in its worker: how many tries in a row failed
+            # transiently (the backoff grows with it), the callback a later run sends as it is once the
+            # upload is done (its JSON body), and whether a callback try may have reached the platform
+            # though its answer was lost (a later 409 is then our own completion).
+            "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN callback_body TEXT",
+            "ALTER TABLE jobs ADD COLUMN callback_unanswered BOOLEAN NOT NULL DEFAULT FALSE",
         ],
     ]
 

@@ -22,6 +22,7 @@ from fulfiller.store.base import (
     CRASHED,
     MAX_CRASHES,
     IncomingEvent,
+    Lease,
     Requeue,
     Stats,
     Store,
@@ -39,7 +40,8 @@ JOB_COLUMNS = (
     "id", "event_id", "status", "request_kind", "payload", "storage_key", "project_id", "code",
     "variation", "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "extension",
     "content_type", "content_hash", "bytes", "skip_reason", "error", "lifecycle_reason", "source",
-    "runs", "lease_owner", "lease_until", "not_before", "skip_requested", "callback_key", "crashes",
+    "runs", "lease_owner", "lease_until", "not_before", "skip_requested", "callback_key", "crashes", "retries",
+    "callback_body", "callback_unanswered",
 )
 # What a worker may record on a job it holds.
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
@@ -114,12 +116,28 @@ class SqlStore(Store):
         """Called inside the transaction that queues a job; a backend that can wake other processes does so here."""
 
     async def wait_for_work(self, timeout: float) -> None:
+        """Until work is queued (in this process, or, for a backend that is told, in another), the earliest job
+        waiting between tries is due, or ``timeout``."""
         assert self._work is not None
+        try:
+            due_in = await self.read(self._due_in)
+        except StoreUnavailable:
+            due_in = None
+        if due_in is not None:
+            timeout = min(timeout, max(0.0, due_in))
         try:
             await asyncio.wait_for(self._work.wait(), timeout)
         except TimeoutError:
             pass
         self._work.clear()
+
+    def _due_in(self, cur: Any) -> float | None:
+        """Seconds until the earliest job waiting between tries is due, by the store's clock; None when none waits."""
+        row = self.dialect.execute(
+            cur, f"SELECT min(not_before) - {self.dialect.clock} FROM jobs WHERE status = 'queued'"
+            f" AND not_before > {self.dialect.clock}"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     # -- operations -----------------------------------------------------------------
 
@@ -157,16 +175,17 @@ class SqlStore(Store):
 
         A job still ``running`` with a lapsed lease lost its worker (a crash, a lease it could not
         renew): that counts a crash, and the MAX_CRASHES-th ends it instead of handing it out again.
+        Due times and leases are read and written by the store's clock (``Dialect.clock``).
         """
         now = time.time()
+        clock = self.dialect.clock
         crashed_out: list[str] = []
         while True:
             row = self.dialect.execute(
                 cur,
-                "SELECT id, status, crashes FROM jobs WHERE (status = 'queued' AND not_before <= ?)"
-                " OR (status = 'running' AND lease_until < ?) ORDER BY not_before, created_at LIMIT 1"
+                f"SELECT id, status, crashes FROM jobs WHERE (status = 'queued' AND not_before <= {clock})"
+                f" OR (status = 'running' AND lease_until < {clock}) ORDER BY not_before, created_at LIMIT 1"
                 + self.dialect.skip_locked,
-                (now, now),
             ).fetchone()
             if row is None:
                 return None, crashed_out
@@ -184,20 +203,23 @@ class SqlStore(Store):
                     continue
             self.dialect.execute(
                 cur,
-                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, runs = runs + 1,"
+                f"UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = {clock} + ?, runs = runs + 1,"
                 " crashes = ?, updated_at = ? WHERE id = ?",
-                (owner, now + lease_s, crashes, now, job_id),
+                (owner, lease_s, crashes, now, job_id),
             )
             return job_id, crashed_out
 
-    async def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
-        def op(cur: Any) -> bool:
-            self.dialect.execute(
+    async def renew(self, job_id: str, owner: str, lease_s: float) -> Lease:
+        def op(cur: Any) -> Lease:
+            rows = self.dialect.execute(
                 cur,
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                (time.time() + lease_s, job_id, owner),
-            )
-            return bool(cur.rowcount)
+                f"UPDATE jobs SET lease_until = {self.dialect.clock} + ? WHERE id = ? AND lease_owner = ?"
+                " AND status = 'running' RETURNING skip_requested",
+                (lease_s, job_id, owner),
+            ).fetchall()
+            if not rows:
+                return Lease.LOST
+            return Lease.HELD if rows[0][0] is None else Lease.SKIP_REQUESTED
 
         return await self.writer.submit(op)
 
@@ -238,21 +260,27 @@ class SqlStore(Store):
 
         return await self.writer.submit(op)
 
-    async def release(self, job_id: str, owner: str, not_before: float = 0.0) -> bool:
+    async def release(self, job_id: str, owner: str, retry_in: float | None = None) -> bool:
+        if retry_in is None:
+            due: tuple[str, tuple[Any, ...]] = ("not_before = 0", ())
+        else:
+            due = (f"not_before = {self.dialect.clock} + ?, retries = retries + 1", (retry_in,))
+
         def op(cur: Any) -> bool:
             self.dialect.execute(
                 cur,
-                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, not_before = ?,"
+                f"UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, {due[0]},"
                 " updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                (not_before, time.time(), job_id, owner),
+                (*due[1], time.time(), job_id, owner),
             )
             released = bool(cur.rowcount)
-            if released:
+            if released and due_now:
                 self._queued()
             return released
 
+        due_now = not retry_in  # a job waiting between tries wakes nobody: idle workers time its due moment
         released = await self.writer.submit(op)
-        if released:
+        if released and due_now:
             self._wake()
         return released
 
@@ -311,18 +339,24 @@ class SqlStore(Store):
             if row is None:
                 return Requeue.NOT_FOUND
             status, expires_at = row
-            if status == Status.RUNNING:
+            if status == Status.RUNNING and skip_reason is None:
                 return Requeue.IS_RUNNING
             if status == Status.INVALID:
                 return Requeue.NOT_RERUNNABLE
             if expires_at is not None and expires_at <= time.time():
                 return Requeue.PAST_DEADLINE
-            if skip_reason is not None and status not in (Status.QUEUED, Status.FAILED):
+            if skip_reason is not None and status not in (Status.QUEUED, Status.RUNNING, Status.FAILED):
                 return Requeue.ALREADY_CLOSED
+            if status == Status.RUNNING:
+                # Its worker learns of it at its next renewal, stops the try and gives the job back.
+                self.dialect.execute(cur, "UPDATE jobs SET skip_requested = ?, updated_at = ? WHERE id = ?",
+                                     (skip_reason, time.time(), job_id))
+                return Requeue.QUEUED
+            # Due at once, and started over: a rerun uploads again rather than send a kept callback.
             self.dialect.execute(
                 cur,
-                "UPDATE jobs SET status = 'queued', not_before = 0, error = NULL, skip_reason = NULL,"
-                " skip_requested = ?, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET status = 'queued', not_before = 0, retries = 0, callback_body = NULL, error = NULL,"
+                " skip_reason = NULL, skip_requested = ?, updated_at = ? WHERE id = ?",
                 (skip_reason, time.time(), job_id),
             )
             self._queued()
@@ -336,7 +370,11 @@ class SqlStore(Store):
     async def stats(self) -> Stats:
         def op(cur: Any) -> Stats:
             counts = self.dialect.execute(cur, "SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
-            oldest = self.dialect.execute(cur, "SELECT min(created_at) FROM jobs WHERE status = 'queued'").fetchone()[0]
+            oldest = self.dialect.execute(
+                cur,
+                "SELECT min(CASE WHEN not_before > created_at THEN not_before ELSE created_at END) FROM jobs"
+                f" WHERE status = 'queued' AND not_before <= {self.dialect.clock}",
+            ).fetchone()[0]
             return Stats({s: int(n) for s, n in counts}, oldest)
 
         return await self.read(op)
@@ -352,4 +390,5 @@ def _job_from_row(row: tuple[Any, ...], *, for_display: bool = False) -> Job:
         if not for_display:
             raise
         values["payload"] = None
+    values["callback_unanswered"] = bool(values["callback_unanswered"])  # SQLite keeps a BOOLEAN as 0 or 1
     return Job(**values)

@@ -9,6 +9,9 @@ a thread of their own: left to SQLite, every thousandth page written makes one
 commit do it, and every write waiting on that commit waits for the copy and its
 sync. The thread also starts the WAL over once it is long (see
 ``SQLiteStore.checkpoint``).
+
+The state is one serving process's (``serve`` or ``worker``): it holds the state's
+lock (``lock.StateLock``) while it runs; other commands read and change jobs beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from fulfiller.events import SOURCE_REQUESTED
 from fulfiller.intake.admission import Delivery
-from fulfiller.store.ingest_client import IngestProcess
+from fulfiller.store.ingest_client import DEADLINE_S, IngestProcess
+from fulfiller.store.lock import StateLock
 from fulfiller.store.schema import Dialect, apply_migrations
 from fulfiller.store.sql import SqlStore
 from fulfiller.store.writer import Writer
@@ -42,7 +46,7 @@ SQLITE = Dialect(
 
 
 class SQLiteStore(SqlStore):
-    """State in one SQLite file; several processes on one host may share it."""
+    """State in one SQLite file, served by one process; other processes on its host may read and write it."""
 
     dialect = SQLITE
     checkpoint_every_s = 0.2  # about SQLite's own cadence (1000 pages) at full intake
@@ -52,7 +56,11 @@ class SQLiteStore(SqlStore):
     restart_catch_up_passes = 2
     restart_wait_ms = 10
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, serving: bool = False, ingest_deadline_s: float = DEADLINE_S):
+        """``serving``: this process serves from the file (``serve``, ``worker``) and takes its lock now,
+        before any server starts (StateLocked, a ConfigError, when another process holds it); ``close``
+        lets it go. ``ingest_deadline_s``: how long a delivery waits on the ingest child before it is
+        answered 503 and the child is replaced."""
         super().__init__()
         parts = urlsplit(url)
         # sqlite:///relative.db -> "relative.db"; sqlite:////abs.db -> "/abs.db"
@@ -68,7 +76,11 @@ class SQLiteStore(SqlStore):
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._database_fd: int | None = None
-        self.ingester = IngestProcess(url)  # commits the receiver's deliveries (see ingest)
+        self.ingester = IngestProcess(url, deadline_s=ingest_deadline_s)  # commits the receiver's deliveries
+        self.state_lock = StateLock(self.path) if serving else None
+        if self.state_lock is not None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.state_lock.acquire()
 
     def connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +104,8 @@ class SQLiteStore(SqlStore):
                       integrity_errors=(sqlite3.IntegrityError,))
 
     async def open(self) -> None:
+        if self.state_lock is not None:  # again, after a close
+            self.state_lock.acquire()
         await super().open()
         self._stop_checkpoints.clear()
         # For the checkpointer's own syncs of the database file. Closing a descriptor of a file drops
@@ -118,7 +132,7 @@ class SQLiteStore(SqlStore):
     async def ping(self) -> None:
         await super().ping()
         if self._ingester_serves():
-            await self.ingester.ensure_running()
+            await self.ingester.probe()  # not ready while the child hangs, nor while it may not restart yet
 
     def _checkpoint_loop(self, database_fd: int) -> None:
         """Checkpoint every ``checkpoint_every_s``, beside the writers, until the store closes."""
@@ -210,3 +224,5 @@ class SQLiteStore(SqlStore):
         if self._database_fd is not None:  # last: see open
             os.close(self._database_fd)
             self._database_fd = None
+        if self.state_lock is not None:
+            self.state_lock.release()

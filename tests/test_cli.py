@@ -1,0 +1,28 @@
+"""The ``fulfiller`` command itself: its version, and the start-up line that carries it."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib.metadata import version as distribution_version
+from pathlib import Path
+
+import fulfiller
+from support.servers import ServeProcess, fulfiller_command, write_config
+
+
+def test_version_is_the_installed_distribution_s() -> None:
+    installed = distribution_version("video-source-fulfiller")
+    assert fulfiller.version() == fulfiller.__version__ == installed
+    done = subprocess.run([*fulfiller_command(), "--version"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"fulfiller {installed}"
+
+
+def test_serve_logs_its_version_when_it_starts(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'f.db'}")
+    serve = ServeProcess(config, tmp_path / "serve.log", extra_args=["--log-format", "text"]).start()
+    try:
+        assert f"fulfiller {fulfiller.version()} starting: serve" in serve.log_containing("starting: serve")
+    finally:
+        serve.stop()
