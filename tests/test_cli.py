@@ -26,3 +26,16 @@ def test_serve_logs_its_version_when_it_starts(tmp_path: Path) -> None:
         assert f"fulfiller {fulfiller.version()} starting: serve" in serve.log_containing("starting: serve")
     finally:
         serve.stop()
+
+
+def test_a_worker_on_a_sqlite_file_that_serve_holds_exits_2_naming_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'f.db'}")
+    serve = ServeProcess(config, tmp_path / "serve.log").start()
+    try:
+        done = subprocess.run([*fulfiller_command(), "worker", "--config", str(config)], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        assert serve.proc is not None
+        assert f"pid {serve.proc.pid}" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        serve.stop()

@@ -244,7 +244,7 @@ def worker_service(config: Config) -> Callable[[Store, Metrics], contextlib.Abst
 
 async def run_workers(config: Config) -> None:
     """``fulfiller worker``: workers only, until SIGTERM or SIGINT."""
-    store = open_store(config.state)
+    store = open_store(config.state, serving=True)
     await store.open()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
