@@ -265,3 +265,21 @@ def test_a_worker_that_cannot_renew_its_lease_stops_its_work(tmp_path: Path, pla
     assert [u.outcome for u in platform.uploads(key)][-1] == "stored"
     assert [u.outcome for u in platform.uploads(key)].count("stored") == 1
     assert [c.status for c in platform.callbacks(token)] == [202]
+
+
+# -- telling the platform at once (worker.negative_ack_failures) ---------------------------------
+
+
+def test_a_request_invalid_at_intake_gets_a_negative_ack_when_configured(tmp_path: Path,
+                                                                        platform: PlatformDouble) -> None:
+    case = Case(tmp_path, platform, negative_ack_failures=True)
+    event, _, token = case.request()
+    # A deadline two days ahead: past what intake allows, so the job is invalid as it is stored.
+    event["fulfillment"]["expiresAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2 * 86400))
+    with case.proc as proc:
+        job_id = proc.deliver(event)
+        [callback] = platform.wait_for_callbacks(1, token=token)
+        job = proc.wait_until(job_id, lambda j: j["skip_reason"] is not None)
+    assert callback.body == {"skip": True, "reason": f"failed:{job['error']}"}
+    assert job["status"] == "invalid" and job["skip_reason"] == f"failed:{job['error']}"
+    assert "expiresAt" in job["error"] and platform.uploads() == []

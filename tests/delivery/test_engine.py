@@ -816,6 +816,23 @@ async def test_no_negative_ack_goes_to_a_callback_url_that_may_not_be_used(h: Ha
     assert_nothing_sent(h)
 
 
+async def test_a_job_invalid_at_intake_gets_its_negative_ack_and_nothing_else(h: Harness) -> None:
+    h.configure(negative_ack_failures=True)
+    # Every field has its shape, but a deadline two days ahead is past what intake allows.
+    invalid = await ingest_job(h.store, "msg_invalid", code="HRT-1", aspect="9x16", expires_in=2 * 86400)
+    assert invalid.status == Status.INVALID and invalid.error
+    taken = await h.store.claim(OWNER, 60.0, negative_acks=True)
+    assert taken is not None and taken.id == invalid.id
+
+    status, stored = await h.run(taken)
+
+    assert status == Status.INVALID and stored.status == Status.INVALID
+    assert stored.error == invalid.error and stored.skip_reason == f"failed:{invalid.error}"
+    assert h.peer.bodies == [{"skip": True, "reason": f"failed:{invalid.error}"}]
+    assert steps(stored) == [("callback", 200)]
+    assert h.catalog.asked == [] and h.uploader.puts == []  # never worked on as a request
+
+
 async def test_without_the_setting_a_failed_job_sends_nothing(h: Harness) -> None:
     h.uploader.script = [Refused("upload", 403, "SignatureDoesNotMatch")]
     stored = await h.ends(Status.FAILED)

@@ -654,3 +654,35 @@ async def test_ping_fails_when_the_database_is_unreachable(make_store: Any, stor
     assert await store.ingest_event(requested("evt-2", code="HRT-2")) is True
     assert {j.id for j in await store.list_jobs()} >= {job.id}
     assert len(await store.list_jobs()) == 2
+
+
+# -- negative-acks for jobs found invalid at intake (worker.negative_ack_failures) ----------------
+
+
+async def test_an_invalid_job_is_taken_once_for_its_negative_ack_and_stays_invalid(store: Store) -> None:
+    # A deadline two days ahead is past what intake allows: invalid, though every field has its shape.
+    invalid = await ingest_job(store, "evt-inv-ack", expires_in=2 * 86400)
+    assert invalid.status == Status.INVALID
+    assert await store.claim("w1", 60.0) is None  # without the setting, no worker takes it
+
+    taken = await store.claim("w1", 60.0, negative_acks=True)
+
+    assert taken is not None and taken.id == invalid.id
+    assert (taken.status, taken.runs, taken.lease_owner) == (Status.INVALID, 1, "w1")
+    assert await store.claim("w2", 60.0, negative_acks=True) is None  # once, whatever comes of it
+    assert await store.finish(invalid.id, "w1", Status.INVALID, {"skip_reason": "failed:invalid payload"})
+    done = await store.get_job(invalid.id)
+    assert done is not None
+    assert (done.status, done.skip_reason, done.lease_owner) == (Status.INVALID, "failed:invalid payload", None)
+
+
+async def test_a_runnable_job_goes_before_a_negative_ack_and_a_past_deadline_is_never_taken(store: Store) -> None:
+    # Received three days ago with a deadline a minute ago: invalid at intake (too far ahead), and now late.
+    late = await ingest_job(store, "evt-inv-late", now=time.time() - 3 * 86400, expires_in=-60)
+    assert late.status == Status.INVALID
+    ready = await ingest_job(store, "evt-inv-ready", code="HRT-2", expires_in=2 * 86400)
+    runnable = await ingest_job(store, "evt-ok", code="HRT-3")
+
+    order = [await store.claim("w1", 60.0, negative_acks=True) for _ in range(3)]
+
+    assert [job.id if job else None for job in order] == [runnable.id, ready.id, None]

@@ -102,6 +102,8 @@ class Engine:
 
     async def _run_steps(self, ctx: _JobContext) -> Ending | Retry:
         job, worker = ctx.job, self.config.worker
+        if job.status == Status.INVALID:  # found invalid at intake, taken only for its negative-ack
+            return Ending(Status.INVALID, error=job.error or "invalid payload")
         try:
             req = parse_source_request(job.payload)
         except InvalidPayload as exc:

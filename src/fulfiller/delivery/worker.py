@@ -96,7 +96,7 @@ class WorkerPool:
                 self._slot_freed.clear()
                 continue
             try:
-                job = await self.store.claim(self.owner, w.lease_s)
+                job = await self.store.claim(self.owner, w.lease_s, negative_acks=w.negative_ack_failures)
             except UnreadableJob as exc:
                 await self._fail_unreadable(exc)
                 continue

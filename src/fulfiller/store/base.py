@@ -106,11 +106,15 @@ class Store(ABC):
         return stored
 
     @abstractmethod
-    async def claim(self, owner: str, lease_s: float) -> Job | None:
+    async def claim(self, owner: str, lease_s: float, *, negative_acks: bool = False) -> Job | None:
         """Take the oldest runnable job (queued, or running with a lapsed lease) for ``owner``.
 
         Taking a job whose lease lapsed counts a crash; a job at MAX_CRASHES ends ``failed`` (CRASHED)
         and is passed over. Raises UnreadableJob when the job taken cannot be loaded.
+
+        With ``negative_acks`` (``worker.negative_ack_failures``), when nothing is runnable it takes a job
+        found ``invalid`` at intake that no worker took yet, before its deadline, leased and still
+        ``invalid``: the worker only sends its negative-ack.
         """
 
     @abstractmethod

@@ -146,6 +146,11 @@ def migrations(d: Dialect) -> list[list[str]]:
             "ALTER TABLE jobs ADD COLUMN callback_body TEXT",
             "ALTER TABLE jobs ADD COLUMN callback_unanswered BOOLEAN NOT NULL DEFAULT FALSE",
         ],
+        [
+            # Jobs found invalid at intake that no worker has taken yet: with worker.negative_ack_failures
+            # a worker takes each once, before its deadline, to send the platform its negative-ack.
+            "CREATE INDEX jobs_invalid_unsent ON jobs (expires_at) WHERE status = 'invalid' AND runs = 0",
+        ],
     ]
 
 

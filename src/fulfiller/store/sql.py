@@ -9,7 +9,6 @@ connections and never wait behind a commit.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from abc import abstractmethod
@@ -30,22 +29,14 @@ from fulfiller.store.base import (
     UnreadableJob,
 )
 from fulfiller.store.ingest import Ingest, Ingestion
+from fulfiller.store.rows import SELECT_JOB, UPDATABLE, job_from_row
 from fulfiller.store.schema import Dialect
 from fulfiller.store.writer import Writer
 
 log = logging.getLogger("fulfiller.store")
 
-# Columns of the jobs table, in Job's field order (attempts live in their own table).
-JOB_COLUMNS = (
-    "id", "event_id", "status", "request_kind", "payload", "storage_key", "project_id", "code",
-    "variation", "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "extension",
-    "content_type", "content_hash", "bytes", "skip_reason", "error", "lifecycle_reason", "source",
-    "runs", "lease_owner", "lease_until", "not_before", "skip_requested", "callback_key", "crashes", "retries",
-    "callback_body", "callback_unanswered",
-)
-# What a worker may record on a job it holds.
-UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
-_SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+# A job a worker holds: running, or found invalid at intake and leased for its negative-ack (_take_invalid).
+_HELD = "status IN ('running', 'invalid')"
 
 
 class SqlStore(Store):
@@ -151,25 +142,25 @@ class SqlStore(Store):
             self._wake()
         return stored
 
-    async def claim(self, owner: str, lease_s: float) -> Job | None:
+    async def claim(self, owner: str, lease_s: float, *, negative_acks: bool = False) -> Job | None:
         # The write takes the job by its id alone; the row is read after it commits. A row that cannot
         # be read (or decoded) then fails that read, not the claim: the job is ours, and ours to end.
-        job_id, crashed_out = await self.writer.submit(lambda cur: self._take(cur, owner, lease_s))
+        job_id, crashed_out = await self.writer.submit(lambda cur: self._take(cur, owner, lease_s, negative_acks))
         for crashed in crashed_out:
             log.warning("job failed: %s", CRASHED,
                         extra={"job_id": crashed, "status": Status.FAILED, "reason": CRASHED})
         if job_id is None:
             return None
-        select = f"{_SELECT_JOB} WHERE id = ?"
+        select = f"{SELECT_JOB} WHERE id = ?"
         row = await self.read(lambda cur: self.dialect.execute(cur, select, (job_id,)).fetchone())
         if row is None:
             return None  # deleted since (by hand: pruning keeps running jobs)
         try:
-            return _job_from_row(row)
+            return job_from_row(row)
         except Exception as exc:
             raise UnreadableJob(job_id, exc) from exc
 
-    def _take(self, cur: Any, owner: str, lease_s: float) -> tuple[str | None, list[str]]:
+    def _take(self, cur: Any, owner: str, lease_s: float, negative_acks: bool) -> tuple[str | None, list[str]]:
         """The id of the oldest runnable job, now leased to ``owner`` (None when there is none), and the jobs
         passed over because they had crashed too often, now ``failed``.
 
@@ -188,7 +179,7 @@ class SqlStore(Store):
                 + self.dialect.skip_locked,
             ).fetchone()
             if row is None:
-                return None, crashed_out
+                return (self._take_invalid(cur, owner, lease_s) if negative_acks else None), crashed_out
             job_id, status, crashes = row
             if status == Status.RUNNING:
                 crashes += 1
@@ -209,12 +200,30 @@ class SqlStore(Store):
             )
             return job_id, crashed_out
 
+    def _take_invalid(self, cur: Any, owner: str, lease_s: float) -> str | None:
+        """A job found invalid at intake, not taken before and not past its deadline, leased to ``owner``
+        and left ``invalid``: taken once (``runs`` 1), whatever comes of its negative-ack."""
+        clock = self.dialect.clock
+        row = self.dialect.execute(
+            cur,
+            f"SELECT id FROM jobs WHERE status = 'invalid' AND runs = 0 AND expires_at > {clock}"
+            " ORDER BY expires_at LIMIT 1" + self.dialect.skip_locked,
+        ).fetchone()
+        if row is None:
+            return None
+        self.dialect.execute(
+            cur,
+            f"UPDATE jobs SET lease_owner = ?, lease_until = {clock} + ?, runs = 1, updated_at = ? WHERE id = ?",
+            (owner, lease_s, time.time(), row[0]),
+        )
+        return str(row[0])
+
     async def renew(self, job_id: str, owner: str, lease_s: float) -> Lease:
         def op(cur: Any) -> Lease:
             rows = self.dialect.execute(
                 cur,
                 f"UPDATE jobs SET lease_until = {self.dialect.clock} + ? WHERE id = ? AND lease_owner = ?"
-                " AND status = 'running' RETURNING skip_requested",
+                f" AND {_HELD} RETURNING skip_requested",
                 (lease_s, job_id, owner),
             ).fetchall()
             if not rows:
@@ -253,7 +262,7 @@ class SqlStore(Store):
         def op(cur: Any) -> bool:
             self.dialect.execute(
                 cur,
-                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND lease_owner = ? AND {_HELD}",
                 (*values, job_id, owner),
             )
             return bool(cur.rowcount)
@@ -286,10 +295,10 @@ class SqlStore(Store):
 
     def _load_job(self, cur: Any, job_id: str) -> Job | None:
         """The job with its attempts, for people to read (an odd payload does not stop it)."""
-        row = self.dialect.execute(cur, f"{_SELECT_JOB} WHERE id = ?", (job_id,)).fetchone()
+        row = self.dialect.execute(cur, f"{SELECT_JOB} WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
-        job = _job_from_row(row, for_display=True)
+        job = job_from_row(row, for_display=True)
         rows = self.dialect.execute(
             cur,
             "SELECT step, started_at, duration_ms, http_status, error, detail FROM attempts"
@@ -314,11 +323,11 @@ class SqlStore(Store):
             literal = code.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("lower(code) LIKE ? ESCAPE '\\'")
             params.append(f"%{literal}%")
-        sql = _SELECT_JOB + (" WHERE " + " AND ".join(where) if where else "")
+        sql = SELECT_JOB + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
         def op(cur: Any) -> list[Job]:
             rows = self.dialect.execute(cur, sql, (*params, limit, offset)).fetchall()
-            found = [_job_from_row(r, for_display=True) for r in rows]
+            found = [job_from_row(r, for_display=True) for r in rows]
             if found:
                 by_id = {j.id: j for j in found}
                 marks = ", ".join("?" for _ in by_id)
@@ -379,16 +388,3 @@ class SqlStore(Store):
 
         return await self.read(op)
 
-
-def _job_from_row(row: tuple[Any, ...], *, for_display: bool = False) -> Job:
-    """The Job a row holds. Its payload decodes, or this raises; ``for_display``: a payload that does not
-    (a job stored before intake bounded nesting, a row written by hand) is None instead."""
-    values = dict(zip(JOB_COLUMNS, row))
-    try:
-        values["payload"] = json.loads(values["payload"])
-    except (ValueError, TypeError, RecursionError):
-        if not for_display:
-            raise
-        values["payload"] = None
-    values["callback_unanswered"] = bool(values["callback_unanswered"])  # SQLite keeps a BOOLEAN as 0 or 1
-    return Job(**values)
