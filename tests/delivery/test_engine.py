@@ -439,9 +439,12 @@ async def test_a_callback_409_after_a_refused_connection_is_superseded(h: Harnes
 
 async def test_a_callback_failing_until_the_deadline_expires_the_job(h: Harness) -> None:
     h.peer.script = [503]
-    job = await h.job(code="HRT-1", aspect="9x16", expires_in=0.3)
+    job = await h.job(code="HRT-1", aspect="9x16")
+    # A deadline 0.2 s away (expiresAt itself has whole seconds only).
+    deadline = time.time() + 0.2
+    assert await h.store.update(job.id, OWNER, {"expires_at": deadline})
 
-    status, stored = await h.run(job)
+    status, stored = await h.run(dataclasses.replace(job, expires_at=deadline))
 
     assert status == Status.EXPIRED and stored.status == Status.EXPIRED
     # The last wait that fits ends just before the deadline: the run after it may find the deadline passed.

@@ -123,10 +123,10 @@ class SqlStore(Store):
         self._work.clear()
 
     def _due_in(self, cur: Any) -> float | None:
-        """Seconds until the earliest job waiting between tries is due, by the store's clock; None when none waits."""
+        """Seconds until the earliest queued job is due, by the store's clock (0 or less: one is due now,
+        e.g. it fell due since the last claim looked); None when none is queued."""
         row = self.dialect.execute(
             cur, f"SELECT min(not_before) - {self.dialect.clock} FROM jobs WHERE status = 'queued'"
-            f" AND not_before > {self.dialect.clock}"
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
