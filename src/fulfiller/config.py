@@ -47,6 +47,17 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
+    tls_cert_file: str | None = Field(None, description="with tls_key_file: serve HTTPS directly (PEM)")
+    tls_key_file: str | None = None
+    forwarded_allow_ips: str | None = Field(
+        None, description="proxies whose X-Forwarded-For/Proto are trusted (uvicorn's setting)")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise ValueError(f"{missing}: required with the other TLS file (set both, or neither)")
+        return self
 
 
 class ReceiverConfig(_Strict):
@@ -183,6 +194,12 @@ class RouteConfig(_Strict):
     catalog: str
 
 
+class RetentionConfig(_Strict):
+    keep_days: float = Field(
+        30, ge=0, description="finished jobs, their events and other topics' events older than this are deleted; "
+        "0 keeps everything")
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     state: str = "sqlite:///./fulfiller.db"
@@ -192,6 +209,7 @@ class Config(_Strict):
     aspects: dict[str, list[str]] = {"feed": ["4x5", "1x1", "3x4"], "story_reel": ["9x16"]}
     catalogs: dict[str, CatalogConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(min_length=1)
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("state")
     @classmethod
