@@ -9,12 +9,14 @@ SUDO=""
 
 # libmagic sniffs masters' real types; the test suite also needs PostgreSQL
 # (fleet-mode tests start a throwaway cluster when none is reachable) and
-# Chromium (the operator console's browser test).
+# Chromium (the operator console's browser test) and Caddy (the deployment
+# example's Caddyfile is checked with it).
 missing=()
 ldconfig -p | grep -q 'libmagic\.so\.1' || missing+=(libmagic1)
 if [ "${1:-}" = "--test" ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing system packages: ${missing[*]}"
