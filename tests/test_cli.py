@@ -39,3 +39,21 @@ def test_a_worker_on_a_sqlite_file_that_serve_holds_exits_2_naming_it(tmp_path: 
         assert f"pid {serve.proc.pid}" in done.stderr and "Traceback" not in done.stderr
     finally:
         serve.stop()
+
+
+def test_prune_refuses_a_negative_or_non_numeric_age_before_it_opens_anything(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'f.db'}")
+    for days in ("-1", "soon", "nan"):
+        done = subprocess.run([*fulfiller_command(), "prune", "--config", str(config), f"--older-than={days}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        assert f"argument --older-than: {days!r} is not a number of days (0 or more)" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "f.db").exists()
+
+
+def test_prune_and_backup_say_their_options() -> None:
+    for command, options in (("prune", ("--older-than DAYS", "--dry-run")), ("backup", ("--to FILE",))):
+        usage = subprocess.run([*fulfiller_command(), command, "--help"], capture_output=True, text=True,
+                               timeout=60, check=False)
+        assert usage.returncode == 0 and all(option in usage.stdout for option in options), usage.stdout

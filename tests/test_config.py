@@ -155,6 +155,26 @@ def test_repository_example_config_parses() -> None:
     assert config.receiver.secrets == ["whsec_example"]
 
 
+def test_tls_and_trusted_proxies_are_off_by_default() -> None:
+    server = parse_config(MINIMAL, env={}).server
+    assert (server.tls_cert_file, server.tls_key_file, server.forwarded_allow_ips) == (None, None, None)
+
+
+def test_tls_files_and_trusted_proxies_are_taken_from_the_environment() -> None:
+    text = MINIMAL + ("server:\n  tls_cert_file: ${TLS_CERT}\n  tls_key_file: ${TLS_KEY}\n"
+                      "  forwarded_allow_ips: ${PROXIES:-10.0.0.0/8}\n")
+    server = parse_config(text, env={"TLS_CERT": "/run/secrets/cert.pem", "TLS_KEY": "/run/secrets/key.pem"}).server
+    assert (server.tls_cert_file, server.tls_key_file) == ("/run/secrets/cert.pem", "/run/secrets/key.pem")
+    assert server.forwarded_allow_ips == "10.0.0.0/8"
+
+
+@pytest.mark.parametrize("given, missing", [("tls_cert_file", "tls_key_file"), ("tls_key_file", "tls_cert_file")])
+def test_one_tls_file_without_the_other_is_an_error_naming_the_missing_one(given: str, missing: str) -> None:
+    errors = errors_of(MINIMAL + f"server: {{{given}: /etc/fulfiller/{given}.pem}}\n")
+    [(path, message)] = errors.items()
+    assert path.startswith("server") and missing in f"{path}: {message}"
+
+
 # --- ${ENV} ---------------------------------------------------------------------------------------
 
 

@@ -20,13 +20,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fulfiller import version
 from fulfiller.intake.admission import Delivery
 from fulfiller.metrics import Metrics
 from fulfiller.ops.testevent import signed_headers
-from fulfiller.store.base import Stats
+from fulfiller.store.base import Pruned, Stats
 from fulfiller.store.sqlite import SQLiteStore
 from store.builders import request_body
 from support.fulfiller_proc import FulfillerProcess, attempts
@@ -284,3 +285,56 @@ async def test_a_scrape_reuses_the_stats_until_they_are_stats_cache_s_old(counte
     page = parse((await metrics.render(counted)).decode())
     assert value(page, "fulfiller_jobs", status="queued") == 1
     assert counted.queries == 2
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+async def seed_old_and_new(url: str) -> None:
+    """Forty days ago: a request found invalid (a finished job) and an event of another topic; today: an
+    invalid request."""
+    store = SQLiteStore(url)
+    await store.open()
+    try:
+        old = time.time() - 40 * 86400
+        invalid = json.dumps({"projectId": "p", "creative": {}}).encode()
+        assert await store.ingest(Delivery("evt-old", REQUESTED, invalid, old))
+        assert await store.ingest(Delivery("evt-old-other", UNKNOWN_TOPIC, b'{"a": 1}', old))
+        assert await store.ingest(Delivery("evt-new", REQUESTED, invalid, time.time()))
+    finally:
+        await store.close()
+
+
+def test_serve_prunes_as_it_starts_and_reports_rows_pruned_and_the_state_size(tmp_path: Path, masters: Path) -> None:
+    workdir = tmp_path / "serve"
+    workdir.mkdir()
+    asyncio.run(seed_old_and_new(f"sqlite:///{workdir / 'fulfiller.db'}"))
+    config = {
+        "receiver": {"secrets": [SECRET]},
+        "catalogs": {"local": {"type": "local", "root": str(masters)}},
+        "routes": [{"codes": ["*"], "catalog": "local"}],
+        "retention": {"keep_days": 30},
+    }
+    with FulfillerProcess(workdir, config, secret=SECRET) as proc:
+        pruned = wait_for_metrics(proc, lambda s: value(s, "fulfiller_pruned_total", kind="jobs") == 1,
+                                  "the prune at start")
+        assert value(pruned, "fulfiller_pruned_total", kind="events") == 2  # the job's event, the other topic's
+        assert value(pruned, "fulfiller_state_bytes") >= (workdir / "fulfiller.db").stat().st_size > 0
+        assert [j["event_id"] for j in proc.jobs()] == ["evt-new"]
+        assert '"pruned 1 job(s) and 2 event(s) older than 30 days"' in proc.log_text()
+
+
+async def test_the_state_size_comes_with_the_stats_and_pruning_counts_its_rows(counted: CountedStore) -> None:
+    counted.gate.set()
+    metrics = Metrics()
+    page = parse((await metrics.render(counted)).decode())
+    assert value(page, "fulfiller_state_bytes") >= Path(counted.path).stat().st_size > 0
+    assert (value(page, "fulfiller_pruned_total", kind="jobs"), value(page, "fulfiller_pruned_total", kind="events")) \
+        == (0, 0)  # both series exist before anything is pruned
+    metrics.count_pruned(Pruned(jobs=3, events=5, batches=1, state_bytes=4096))
+    metrics.count_pruned(Pruned(jobs=1, events=1, batches=1, state_bytes=2048))
+    page = parse(generate_latest(metrics.registry).decode())
+    assert value(page, "fulfiller_pruned_total", kind="jobs") == 4
+    assert value(page, "fulfiller_pruned_total", kind="events") == 6
+    assert value(page, "fulfiller_state_bytes") == 2048
+    assert counted.queries == 1  # the size came with the stats: no query of its own

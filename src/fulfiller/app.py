@@ -1,7 +1,8 @@
-"""The ASGI app: wires the receiver, health, metrics, admin and (optionally) the workers."""
+"""The ASGI app: wires the receiver, health, metrics, admin, retention and (optionally) the workers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from fulfiller.config import Config
 from fulfiller.intake.receiver import Receiver
 from fulfiller.metrics import Metrics
 from fulfiller.ops.admin import AdminApi
+from fulfiller.ops.maintenance import prune_hourly
 from fulfiller.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger("fulfiller.app")
@@ -95,6 +97,7 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
+        pruning = asyncio.create_task(prune_hourly(config, store, metrics), name="retention")
         try:
             if service is None:
                 yield
@@ -106,6 +109,8 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
                     finally:
                         started.remove(running)
         finally:
+            pruning.cancel()  # it stops after its transaction in flight
+            await asyncio.wait([pruning])
             await store.close()
 
     app = _App(receiver, config.receiver.path, routes=routes, lifespan=lifespan)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,13 +28,17 @@ def _config(args: argparse.Namespace, *, need_secrets: bool = False) -> Config:
     return load_config(path, need_secrets=need_secrets)
 
 
-def _startable(args: argparse.Namespace) -> Config:
-    """The config of a process that serves: refused, as a config error, for whatever it could not start with."""
+def _startable(args: argparse.Namespace, *, answers_http: bool = False) -> Config:
+    """The config of a process that serves: refused, as a config error, for whatever it could not start with
+    (with ``answers_http``, the TLS files too)."""
     from fulfiller.preflight import check_state
+    from fulfiller.tls import check_tls
 
     config = _config(args, need_secrets=True)
     for note in check_state(config.state):
         log.info(note)
+    if answers_http:
+        check_tls(config.server)
     log.info("fulfiller %s starting: %s", version(), args.command)
     return config
 
@@ -48,18 +53,25 @@ def _with_store(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _startable(args)  # before the server's imports: a config error comes first, and fast
+    config = _startable(args, answers_http=True)  # before the server's imports: a config error comes first, and fast
 
     import uvicorn
 
     from fulfiller.app import create_app
     from fulfiller.delivery.worker import worker_service
 
+    server = config.server
     app = create_app(config, service=None if args.no_worker else worker_service(config))
     uvicorn.run(
         app,
-        host=args.host or config.server.host,
-        port=args.port or config.server.port,
+        host=args.host or server.host,
+        port=args.port or server.port,
+        ssl_certfile=server.tls_cert_file,
+        ssl_keyfile=server.tls_key_file,
+        # Proxy headers from the configured proxies only: uvicorn's own default trusts 127.0.0.1 and
+        # FORWARDED_ALLOW_IPS from the environment, which would let a local process set the logged client.
+        proxy_headers=server.forwarded_allow_ips is not None,
+        forwarded_allow_ips=server.forwarded_allow_ips or "",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(config.worker.shutdown_grace_s) + 5,
@@ -78,9 +90,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from fulfiller.preflight import check_state
+    from fulfiller.tls import check_tls
 
     config = _config(args)
     notes = check_state(config.state)
+    check_tls(config.server)
     print(f"ok: {len(config.catalogs)} catalog(s), {len(config.routes)} route(s), state {config.state.split(':')[0]}")
     if not config.receiver.secrets:
         notes.append("receiver.secrets: not set here; serve and worker need it")
@@ -116,6 +130,29 @@ def cmd_skip(args: argparse.Namespace) -> int:
     from fulfiller.ops.commands import skip
 
     return asyncio.run(skip(_with_store(args), args.job_id, args.reason, print))
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from fulfiller.ops import maintenance
+
+    return maintenance.prune(_with_store(args), args.older_than, args.dry_run, print)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from fulfiller.ops import maintenance
+
+    return maintenance.backup(_with_store(args), args.to, print)
+
+
+def _days(text: str) -> float:
+    """A ``--older-than`` value: a number of days, never negative (that would reach into the future)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not days >= 0:  # nan too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (0 or more)")
+    return days
 
 
 def cmd_send_test_event(args: argparse.Namespace) -> int:
@@ -178,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("skip", cmd_skip, "tell the platform to skip a queued or running job")
     p.add_argument("job_id")
     p.add_argument("--reason", required=True, help="why, as the platform is told")
+    p = add("prune", cmd_prune, "delete what retention would: finished jobs and old events")
+    p.add_argument("--older-than", type=_days, metavar="DAYS", help="default: retention.keep_days")
+    p.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    p = add("backup", cmd_backup, "a consistent copy of a SQLite state, while serve runs")
+    p.add_argument("--to", required=True, metavar="FILE", help="where the copy goes")
     p = add("send-test-event", cmd_send_test_event, "sign a sample event as Outpost does and POST it", config=False)
     p.add_argument("--config", help="sign as this receiver is configured, and post to it on this machine")
     p.add_argument("--url", help="the receiver's URL (default with --config: its port on 127.0.0.1)")

@@ -55,8 +55,8 @@ class ServerConfig(_Strict):
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
-            raise ValueError(f"{missing}: required with the other TLS file (set both, or neither)")
+            missing, other = ("tls_key_file", "tls_cert_file") if self.tls_cert_file else ("tls_cert_file", "tls_key_file")
+            raise _PathError(f"server.{missing}", f"required with {other} (set both, or neither)")
         return self
 
 

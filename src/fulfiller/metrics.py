@@ -1,9 +1,9 @@
 """Prometheus metrics, in a registry per app so several apps can live in one test process.
 
-The queue gauges come from one query over all jobs (``Store.stats``): a scrape reuses
-its answer for ``stats_cache_s``, and scrapes that arrive while it runs wait for that
-one, so scrapers never add load to the store (nor to the threads its reads share
-with the catalogs).
+The queue gauges come from one query over all jobs (``Store.stats``, which also
+gives the state's size): a scrape reuses its answer for ``stats_cache_s``, and
+scrapes that arrive while it runs wait for that one, so scrapers never add load to
+the store (nor to the threads its reads share with the catalogs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from fulfiller import version
 from fulfiller.events import TOPICS
 from fulfiller.jobs import Status
-from fulfiller.store.base import Stats, Store, StoreUnavailable
+from fulfiller.store.base import Pruned, Stats, Store, StoreUnavailable
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _TRANSFER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -57,6 +57,16 @@ class Metrics:
             registry=r,
         )
         self.retries = Counter("fulfiller_retries_total", "Retried tries, by step", ["step"], registry=r)
+        self.pruned = Counter(
+            "fulfiller_pruned_total", "Rows retention deleted in this process: jobs (with their attempts) and events",
+            ["kind"], registry=r,
+        )
+        for kind in ("jobs", "events"):
+            self.pruned.labels(kind)
+        self.state_bytes = Gauge(
+            "fulfiller_state_bytes", "Size of the state on disk: the SQLite file and its WAL, or the PostgreSQL"
+            " database", registry=r,
+        )
         self._delivered: dict[tuple[str, str], Counter] = {}
         self.stats_cache_s = stats_cache_s
         self._stats: asyncio.Future[Stats] | None = None  # the last query, or the one running
@@ -76,6 +86,13 @@ class Metrics:
         child.inc()
         self.ack_latency.observe(ack_s)
 
+    def count_pruned(self, pruned: Pruned) -> None:
+        """Count what a prune deleted, and the state's size it found after."""
+        self.pruned.labels("jobs").inc(pruned.jobs)
+        self.pruned.labels("events").inc(pruned.events)
+        if pruned.state_bytes is not None:
+            self.state_bytes.set(pruned.state_bytes)
+
     async def render(self, store: Store) -> bytes:
         """The exposition text, with queue gauges from the store's stats at most ``stats_cache_s`` old."""
         try:
@@ -86,6 +103,8 @@ class Metrics:
         for status in Status:
             self.jobs.labels(status).set(stats.by_status.get(status, 0))
         self.oldest_queued.set(max(0.0, time.time() - stats.oldest_queued_at) if stats.oldest_queued_at else 0.0)
+        if stats.state_bytes is not None:
+            self.state_bytes.set(stats.state_bytes)
         return generate_latest(self.registry)
 
     async def _store_stats(self, store: Store) -> Stats:

@@ -1,4 +1,5 @@
-"""What ``serve`` and ``worker`` check before they start, beyond the file's own rules: a state they can open.
+"""What ``serve`` and ``worker`` check before they start, beyond the file's own rules: a state they can open,
+whose schema is not newer than this build's.
 
 ``check-config`` runs the same check, so an unusable state URL or SQLite path is found before a
 deployment starts, and ``serve`` refuses it as a config error naming ``state`` rather than with a
@@ -12,7 +13,9 @@ import tempfile
 from pathlib import Path
 
 from fulfiller.config import ConfigError
-from fulfiller.store import open_store
+from fulfiller.store import StoreUnavailable, open_store
+from fulfiller.store.schema import refuse_newer
+from fulfiller.store.sql import SqlStore
 from fulfiller.store.sqlite import SQLiteStore
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -24,13 +27,15 @@ def check_state(url: str) -> list[str]:
         store = open_store(url)
     except ValueError as exc:
         raise ConfigError([("state", f"not a usable state URL: {str(exc).strip()}")]) from None
-    if not isinstance(store, SQLiteStore):
-        return []  # PostgreSQL is reached only when the store connects
-    path = Path(store.path).absolute()
-    problem = sqlite_file_problem(path)
-    if problem:
-        raise ConfigError([("state", problem)])
-    return [] if path.parent.is_dir() else [f"state: {path.parent} does not exist yet; serve creates it"]
+    if isinstance(store, SQLiteStore):
+        path = Path(store.path).absolute()
+        problem = sqlite_file_problem(path)
+        if problem:
+            raise ConfigError([("state", problem)])
+        if not path.parent.is_dir():
+            return [f"state: {path.parent} does not exist yet; serve creates it"]
+    refuse_newer_schema(url)
+    return []
 
 
 def sqlite_file_problem(path: Path) -> str | None:
@@ -61,3 +66,21 @@ def sqlite_file_problem(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot create files in {folder} (SQLite keeps its journal beside the database): {exc.strerror}"
     return None
+
+
+def refuse_newer_schema(url: str) -> None:
+    """Raise SchemaTooNew (a ConfigError: exit 2) when the state at ``url`` holds a schema newer than this
+    build's, reading only: ``serve`` refuses it before its server starts (the store's own start refuses it
+    too, but by then a failure is the server's startup failure, exit 3). A state not there yet, or not
+    reachable now, is left to the store's start."""
+    store = open_store(url)
+    if not isinstance(store, SqlStore) or (isinstance(store, SQLiteStore) and not Path(store.path).is_file()):
+        return
+    try:
+        conn = store.connect()
+    except StoreUnavailable:
+        return
+    try:
+        refuse_newer(conn.cursor(), store.dialect)
+    finally:
+        conn.close()

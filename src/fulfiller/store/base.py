@@ -8,6 +8,7 @@ the job it creates, are committed together.
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -39,6 +40,23 @@ class Stats:
 
     by_status: dict[str, int] = field(default_factory=dict)
     oldest_queued_at: float | None = None
+    state_bytes: int | None = None  # the state's size on disk (``fulfiller_state_bytes``)
+
+
+# Jobs (with their attempts and events), or events, a prune deletes per transaction: intake, which needs the
+# same write lock on SQLite, waits at most one such transaction behind it.
+PRUNE_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune deleted (or, a dry run, would delete): ``jobs`` with their attempts, ``events`` (the jobs'
+    own and other topics'), in ``batches`` transactions; ``state_bytes``: the state's size after it."""
+
+    jobs: int = 0
+    events: int = 0
+    batches: int = 0
+    state_bytes: int | None = None
 
 
 class Lease(StrEnum):
@@ -160,6 +178,23 @@ class Store(ABC):
 
     @abstractmethod
     async def stats(self) -> Stats: ...
+
+    async def prune(self, older_than_s: float, *, now: float | None = None, batch: int = PRUNE_BATCH,
+                    dry_run: bool = False) -> Pruned | None:
+        """Delete what retention no longer keeps: finished jobs (every status but queued and running) whose
+        ``updated_at`` (when they finished, or were last changed) is more than ``older_than_s`` before ``now``
+        (default: the current time), with their attempts and events, and the events of other topics (they have
+        no job) received before then. Each transaction deletes at most ``batch`` jobs or ``batch`` events.
+
+        An event id deleted is a new event when delivered again; until then it stays a duplicate. None when
+        another process is pruning the same state (PostgreSQL: it holds the advisory lock); ``dry_run`` counts
+        what would go and deletes nothing.
+        """
+        return await self._prune((time.time() if now is None else now) - older_than_s, batch, dry_run)
+
+    @abstractmethod
+    async def _prune(self, cutoff: float, batch: int, dry_run: bool) -> Pruned | None:
+        """``prune``, of what changed before ``cutoff`` (epoch seconds)."""
 
     async def wait_for_work(self, timeout: float) -> None:
         """Sleep until work may be available; stores that can be notified return early."""

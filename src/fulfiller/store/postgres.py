@@ -194,6 +194,9 @@ class PostgresStore(SqlStore):
         except Exception as exc:
             raise StoreUnavailable(f"store read failed: {type(exc).__name__}: {self._redact(str(exc))}") from None
 
+    def state_bytes(self, cur: Any) -> int:
+        return int(cur.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
     async def close(self) -> None:
         await super().close()
         self._stop_listening.set()

@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from fulfiller.config import ConfigError
+from fulfiller.events import SOURCE_REQUESTED
+
 # clock_timestamp(), not now(): a write batch is one transaction, and now() is when it began.
 _CLOCKS = {
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
@@ -42,6 +45,21 @@ class Dialect:
         """Run ``sql`` (written with ``?`` placeholders) on ``cur``; the cursor, to fetch from."""
         cur.execute(self.q(sql), params)
         return cur
+
+
+# The events that have no job: every topic's but the requests' (each request that is stored makes a job). Retention
+# deletes them by age through a partial index with this condition, which its query repeats word for word.
+JOBLESS_EVENTS = f"topic <> '{SOURCE_REQUESTED}'"
+
+
+class SchemaTooNew(ConfigError):
+    """The database holds schema versions this build does not know (a newer build migrated it): the command
+    refuses to start (exit 2), so a rolled-back build never writes into a schema it does not know."""
+
+    def __init__(self, found: int, known: int):
+        self.found = found
+        self.known = known
+        super().__init__([("state", f"database schema version {found} is newer than this fulfiller ({known})")])
 
 
 def migrations(d: Dialect) -> list[list[str]]:
@@ -151,6 +169,15 @@ def migrations(d: Dialect) -> list[list[str]]:
             # a worker takes each once, before its deadline, to send the platform its negative-ack.
             "CREATE INDEX jobs_invalid_unsent ON jobs (expires_at) WHERE status = 'invalid' AND runs = 0",
         ],
+        [
+            # Retention finds other topics' old events here (a request's event goes with its job), without
+            # reading every event while it holds the write lock; requests, most events, never enter it.
+            f"CREATE INDEX events_jobless_received ON events (received_at) WHERE {JOBLESS_EVENTS}",
+            # Deleting an event makes the database look for a job that references it. PostgreSQL does it
+            # through this index; SQLite's pruning connection turns foreign-key checks off instead (see
+            # retention), sparing every new job one more index write.
+            *(["CREATE INDEX jobs_event ON jobs (event_id)"] if d.name == "postgresql" else []),
+        ],
     ]
 
 
@@ -183,11 +210,13 @@ def coords_key(project_id: str, code: str, variation: int, locale: str) -> str:
 
 def apply_migrations(conn: Any, dialect: Dialect, upto: int | None = None) -> int:
     """Apply the versions the database lacks (up to ``upto``, or all), in the caller's transaction; how many
-    it applied. The backends' ``migrate`` wraps it in their own transaction and locking."""
+    it applied. The backends' ``migrate`` wraps it in their own transaction and locking.
+
+    A database with more versions than this build knows raises SchemaTooNew, before anything is written.
+    """
     cur = conn.cursor()
     cur.execute("CREATE TABLE IF NOT EXISTS fulfiller_schema (version INTEGER NOT NULL)")
-    cur.execute("SELECT max(version) FROM fulfiller_schema")
-    current = cur.fetchone()[0] or 0
+    current = refuse_newer(cur, dialect)
     versions = migrations(dialect)[:upto]
     for version, statements in enumerate(versions, start=1):
         if version <= current:
@@ -196,3 +225,22 @@ def apply_migrations(conn: Any, dialect: Dialect, upto: int | None = None) -> in
             cur.execute(sql)
         cur.execute(dialect.q("INSERT INTO fulfiller_schema (version) VALUES (?)"), (version,))
     return max(0, len(versions) - current)
+
+
+# Whether the table of versions exists, by the name CREATE TABLE IF NOT EXISTS would find.
+_HAS_VERSIONS = {
+    "sqlite": "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'fulfiller_schema'",
+    "postgresql": "SELECT count(*) FROM (SELECT to_regclass('fulfiller_schema') AS t) AS found WHERE t IS NOT NULL",
+}
+
+
+def refuse_newer(cur: Any, dialect: Dialect) -> int:
+    """The schema version the database records (0 before its first migration), reading only; SchemaTooNew
+    when it is past the versions this build knows."""
+    if not dialect.execute(cur, _HAS_VERSIONS[dialect.name]).fetchone()[0]:
+        return 0
+    current = dialect.execute(cur, "SELECT max(version) FROM fulfiller_schema").fetchone()[0] or 0
+    known = len(migrations(dialect))
+    if current > known:
+        raise SchemaTooNew(current, known)
+    return int(current)

@@ -17,11 +17,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from fulfiller.jobs import Attempt, Job, Status
+from fulfiller.store import retention
 from fulfiller.store.base import (
     CRASHED,
     MAX_CRASHES,
     IncomingEvent,
     Lease,
+    Pruned,
     Requeue,
     Stats,
     Store,
@@ -67,6 +69,10 @@ class SqlStore(Store):
     @contextmanager
     def _reader(self) -> Iterator[Any]:
         """A connection for reads, from the calling thread's pool."""
+
+    @abstractmethod
+    def state_bytes(self, cur: Any) -> int:
+        """The state's size on disk (``fulfiller_state_bytes``); ``cur`` is on one of the store's connections."""
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -384,7 +390,10 @@ class SqlStore(Store):
                 "SELECT min(CASE WHEN not_before > created_at THEN not_before ELSE created_at END) FROM jobs"
                 f" WHERE status = 'queued' AND not_before <= {self.dialect.clock}",
             ).fetchone()[0]
-            return Stats({s: int(n) for s, n in counts}, oldest)
+            return Stats({s: int(n) for s, n in counts}, oldest, self.state_bytes(cur))
 
         return await self.read(op)
+
+    async def _prune(self, cutoff: float, batch: int, dry_run: bool) -> Pruned | None:
+        return await retention.prune(self, cutoff, batch, dry_run)
 
