@@ -16,6 +16,8 @@ from fulfiller.config import Config, ConfigError, load_config
 from fulfiller.logs import setup_logging
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIP = 0, 1, 2, 3
+# How long a stopping server waits for its open HTTP requests, at most: more than the SQLite ingest deadline (8 s).
+HTTP_SHUTDOWN_S = 10
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=server.forwarded_allow_ips or "",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(config.worker.shutdown_grace_s) + 5,
+        # The wait for open HTTP requests comes before the workers' own grace (the lifespan's shutdown):
+        # deliveries answer within the ingest deadline, so a slow client cannot stretch a stop to twice
+        # the grace. A delivery cut here was never acked: Outpost sends it again.
+        timeout_graceful_shutdown=min(HTTP_SHUTDOWN_S, int(config.worker.shutdown_grace_s) + 5),
     )
     return EXIT_OK
 
