@@ -105,6 +105,11 @@ def test_defaults_are_the_ones_spec_shows() -> None:
     assert r.prefix == "x-outpost-"
     assert r.secrets == ["whsec_x"]
     assert r.timestamp_tolerance_s == 300
+    # Outpost's own signing defaults, each key as SPEC names it.
+    assert (r.event_id_header, r.topic_header, r.timestamp_header, r.signature_header) == (None, None, None, None)
+    assert (r.signature_algorithm, r.signature_encoding) == ("hmac-sha256", "hex")
+    assert r.signature_content_template == "{{.Body}}"
+    assert r.signature_header_template == 'v0={{.Signatures | join ","}}'
     assert config.admin.token == ""
     w = config.worker
     assert w.concurrency == 4
@@ -566,3 +571,33 @@ def test_check_config_probe_lists_each_catalog_root_and_names_the_ones_it_cannot
     path.write_text(path.read_text().replace("mnt/masters", "masters").replace("a-file", "masters")
                     .replace("no-key:", "# no-key:"))
     assert check_config("--config", str(path), "--probe").returncode == 0
+
+
+@pytest.mark.parametrize(("tolerance", "ok"), [(0, True), (1, True), (86_400, True), (-1, False)])
+def test_timestamp_tolerance_is_any_integer_from_0(tolerance: int, ok: bool) -> None:
+    text = MINIMAL.replace("receiver:", f"receiver:\n  timestamp_tolerance_s: {tolerance}", 1)
+    if ok:
+        assert parse_config(text, env={}).receiver.timestamp_tolerance_s == tolerance
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={})
+    assert info.value.errors[0][0] == "receiver.timestamp_tolerance_s"
+
+
+def test_check_config_prints_the_header_a_delivery_carries_and_refuses_an_unsupported_template(
+        tmp_path: Path) -> None:
+    path = tmp_path / "signing.yaml"
+    minimal = f"state: sqlite:///{tmp_path / 'state.db'}\n" + MINIMAL
+    timestamped = textwrap.indent(textwrap.dedent("""\
+        header_prefix: x-acme-
+        signature_content_template: "{{.Timestamp.Unix}}.{{.Body}}"
+        signature_header_template: 't={{.Timestamp.Unix}},v0={{.Signatures | join ","}}'
+        """), "  ")
+    path.write_text(minimal.replace("receiver:\n", "receiver:\n" + timestamped, 1))
+    done = check_config("--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "a delivery carries: x-acme-signature: t=<unix>,v0=<hex>[,<hex>]" in done.stdout.splitlines()
+    path.write_text(minimal.replace("receiver:\n", 'receiver:\n  signature_content_template: "{{.Foo}}"\n', 1))
+    refused = check_config("--config", str(path))
+    assert refused.returncode == 2
+    assert '  receiver.signature_content_template: unsupported template part "{{.Foo}}"' in refused.stderr

@@ -94,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from fulfiller.intake.signing import describe
     from fulfiller.preflight import check_state
     from fulfiller.tls import check_tls
 
@@ -101,6 +102,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     notes = check_state(config.state)
     check_tls(config.server)
     print(f"ok: {len(config.catalogs)} catalog(s), {len(config.routes)} route(s), state {config.state.split(':')[0]}")
+    receiver = config.receiver
+    for line in describe(receiver.mode, receiver.prefix, receiver.scheme()):
+        print(f"a delivery carries: {line}")
     if not config.receiver.secrets:
         notes.append("receiver.secrets: not set here; serve and worker need it")
     for note in notes:

@@ -17,7 +17,9 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fulfiller.hosts import parse_pattern
+from fulfiller.intake.outpost import Codec, HeaderNames, OutpostScheme, SchemeError
 from fulfiller.intake.signing import Verifier
+from fulfiller.intake.templates import DEFAULT_CONTENT, DEFAULT_HEADER
 
 LAYOUT_FIELDS = frozenset({"project", "project_id", "code", "variation", "locale", "aspect", "kind"})
 DEFAULT_LAYOUT = "{code}/v{variation}/{locale}/{aspect}"
@@ -68,8 +70,18 @@ class ReceiverConfig(_Strict):
     # Required by ``serve`` and ``worker`` (see parse_config's ``need_secrets``); commands that only read
     # never verify a signature.
     secrets: list[str] = []
-    timestamp_tolerance_s: int = Field(300, ge=1)
+    timestamp_tolerance_s: int = Field(300, ge=0)  # 0: no check
     require_timestamp: bool = False  # refuse signatures that carry no timestamp (no replay window)
+    # Outpost's DESTINATIONS_WEBHOOK_* signing settings (defaults = Outpost's). A header name: None is
+    # {prefix}<key>, a name pins it, "" means Outpost does not send it.
+    event_id_header: str | None = None
+    topic_header: str | None = None
+    timestamp_header: str | None = None
+    signature_header: str | None = None
+    signature_algorithm: Literal["hmac-sha256", "hmac-sha1", "hmac-md5"] = "hmac-sha256"
+    signature_encoding: Literal["hex", "base64"] = "hex"
+    signature_content_template: str = DEFAULT_CONTENT
+    signature_header_template: str = DEFAULT_HEADER
 
     @field_validator("path")
     @classmethod
@@ -86,11 +98,19 @@ class ReceiverConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _secrets_fit_the_mode(self) -> ReceiverConfig:
-        # The receiver derives its keys the same way: a secret it could not use fails here, naming its key.
+    def _signing_fits_the_mode(self) -> ReceiverConfig:
+        # The receiver builds its verifier the same way: a setting or secret it could not use fails here, by key.
+        if self.mode == "standard":
+            for key in _OUTPOST_ONLY:
+                if getattr(self, key) != ReceiverConfig.model_fields[key].default:
+                    raise _PathError(f"receiver.{key}", "applies to mode: outpost (Standard Webhooks fixes it)")
+        try:
+            scheme = self.scheme()
+        except SchemeError as exc:
+            raise _PathError(f"receiver.{exc.key}", str(exc)) from None
         for i, secret in enumerate(self.secrets):
             try:
-                Verifier(self.mode, [secret], self.prefix, self.timestamp_tolerance_s)
+                Verifier(self.mode, [secret], self.prefix, self.timestamp_tolerance_s, scheme=scheme)
             except ValueError as exc:
                 raise _PathError(f"receiver.secrets.{i}", str(exc)) from None
         return self
@@ -101,6 +121,25 @@ class ReceiverConfig(_Strict):
         if self.header_prefix is not None:
             return self.header_prefix.lower()
         return "x-outpost-" if self.mode == "outpost" else "webhook-"
+
+    def scheme(self, prefix: str | None = None) -> OutpostScheme:
+        """The Outpost signing settings, under this header prefix or ``prefix``; SchemeError naming the key."""
+        names = HeaderNames.resolve((prefix or self.prefix).lower(), event_id=self.event_id_header,
+                                    topic=self.topic_header, timestamp=self.timestamp_header,
+                                    signature=self.signature_header)
+        return OutpostScheme(names, Codec(self.signature_algorithm, self.signature_encoding),
+                             content_template=self.signature_content_template,
+                             header_template=self.signature_header_template, require_timestamp=self.require_timestamp)
+
+    def verifier(self) -> Verifier:
+        """The receiver's verifier: these secrets, this mode, these signing settings."""
+        return Verifier(self.mode, self.secrets, self.prefix, self.timestamp_tolerance_s, self.require_timestamp,
+                        scheme=self.scheme())
+
+
+# Settings that only Outpost's default mode has: Standard Webhooks fixes its names, algorithm and content.
+_OUTPOST_ONLY = ("event_id_header", "timestamp_header", "signature_header", "signature_algorithm",
+                 "signature_encoding", "signature_content_template", "signature_header_template")
 
 
 MIN_ADMIN_TOKEN = 16

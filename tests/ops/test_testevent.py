@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -244,3 +245,33 @@ def test_config_gives_url_prefix_and_timestamp_and_flags_win() -> None:
                                        "--secret", "from-a-flag", "--mode", "standard", "--header-prefix", "w-"])
     assert signing(flags, config) == Signing(url="https://h/x", mode="standard", prefix="w-",
                                              secrets=["from-a-flag"], timestamped=True)
+
+
+def test_config_signing_settings_are_the_ones_signed_with() -> None:
+    """An operator who set Outpost's signing options tests them end to end: the event is signed with the
+    receiver's own header names, algorithm, encoding and templates, and that receiver takes it."""
+    config = parse_config(textwrap.dedent("""
+        receiver:
+          secrets: [current-secret, previous-secret]
+          event_id_header: X-Hook-Id
+          signature_header: X-Hook-Signature
+          signature_algorithm: hmac-sha1
+          signature_encoding: base64
+          signature_content_template: "{{.EventID}}:{{.Timestamp.UnixMilli}}:{{.Body}}"
+          signature_header_template: 'ts={{.Timestamp.UnixMilli}};sigs={{.Signatures | join " "}}'
+        catalogs: {local: {type: local}}
+        routes: [{catalog: local}]
+        """), env={})
+    args = build_parser().parse_args(["send-test-event", "--config", "fulfiller.yaml"])
+    how = signing(args, config)
+    body = event_body(args, config)
+    headers = signed_headers(body, how.secrets, topic="video.source_requested", event_id="evt_7", mode=how.mode,
+                             prefix=how.prefix, timestamped=how.timestamped, scheme=config.receiver.scheme())
+    value = headers["x-hook-signature"]
+    millis = re.fullmatch(r"ts=(\d+);sigs=(\S+) (\S+)", value)
+    assert millis is not None, value
+    content = f"evt_7:{millis.group(1)}:".encode() + body
+    for secret, sig in zip(how.secrets, millis.groups()[1:], strict=True):
+        assert sig == base64.b64encode(hmac.new(secret.encode(), content, hashlib.sha1).digest()).decode()
+    assert headers["x-hook-id"] == "evt_7"
+    assert config.receiver.verifier().verify(body, headers) == "evt_7"

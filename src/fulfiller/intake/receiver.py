@@ -20,8 +20,9 @@ import time
 from starlette.types import Receive, Scope, Send
 
 from fulfiller.config import ReceiverConfig
+from fulfiller.events import SOURCE_REQUESTED
 from fulfiller.intake.admission import Delivery, NotAnObject, answer
-from fulfiller.intake.signing import SignatureError, Verifier
+from fulfiller.intake.signing import SignatureError
 from fulfiller.metrics import Metrics
 from fulfiller.store.base import Store, StoreUnavailable
 
@@ -31,9 +32,10 @@ log = logging.getLogger("fulfiller.receiver")
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _CONTENT_TYPE = (b"content-type", b"application/json")
 
-# A delivery's answer: status and JSON body, the outcome (metrics, logs), the event id if known, and for a
-# refused delivery the reason code its log line gives (finer than the outcome: which signature check failed).
-Answer = tuple[int, dict[str, str], str, str | None, str | None]
+# A delivery's answer: status and JSON body, the outcome (metrics, logs), the event id if known, for a
+# refused delivery the reason code its log line gives (finer than the outcome: which signature check failed),
+# and the topic it was taken under.
+Answer = tuple[int, dict[str, str], str, str | None, str | None, str]
 # The longest event id stored: it is the events table's key, and an index row has a size limit.
 MAX_EVENT_ID_BYTES = 255
 
@@ -54,17 +56,16 @@ class Receiver:
         self.store = store
         self.metrics = metrics
         self.prefix = cfg.prefix
-        self.topic_header = f"{self.prefix}topic"
-        self.verifier = Verifier(cfg.mode, cfg.secrets, self.prefix, cfg.timestamp_tolerance_s,
-                                 cfg.require_timestamp)
+        self.verifier = cfg.verifier()
+        self.topic_header = self.verifier.topic_header  # None: the sender names no topic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One delivery: answered only after _handle has the store's verdict; counted here, and logged here
         when refused (what the store took is logged where it was committed: Store.ingest)."""
         started = time.perf_counter()
         headers = _headers(scope)
-        topic = headers.get(self.topic_header, "")
-        status, reply, outcome, event_id, reason = await self._handle(headers, receive, topic)
+        topic = headers.get(self.topic_header, "") if self.topic_header else ""
+        status, reply, outcome, event_id, reason, topic = await self._handle(headers, receive, topic)
         self.metrics.delivery(topic, outcome, time.perf_counter() - started)
         if reason is not None:
             client = scope.get("client")  # (host, port), or None over a Unix socket
@@ -101,29 +102,33 @@ class Receiver:
         try:
             body = await self._read_body(headers, receive)
         except BodyTooLarge:
-            return _refused(413, f"body over {self.cfg.max_body_bytes} bytes", "too_large", "too_large")
+            return _refused(413, f"body over {self.cfg.max_body_bytes} bytes", "too_large", "too_large", topic)
         except ClientDisconnect:
-            return _refused(400, "client disconnected", "bad_body", "client_disconnected")
+            return _refused(400, "client disconnected", "bad_body", "client_disconnected", topic)
         try:
             header_id = self.verifier.verify(body, headers)
         except SignatureError as exc:
             # The code only: which secret, template or clock it failed on is for operators (the doctor).
-            return 401, {"error": "signature refused", "reason": exc.code}, "bad_signature", None, exc.code
+            return 401, {"error": "signature refused", "reason": exc.code}, "bad_signature", None, exc.code, topic
         if header_id is not None and len(header_id) > MAX_EVENT_ID_BYTES:  # headers are Latin-1: a byte a character
-            return _refused(400, f"event id over {MAX_EVENT_ID_BYTES} bytes", "bad_event_id", "event_id_too_long")
+            return _refused(400, f"event id over {MAX_EVENT_ID_BYTES} bytes", "bad_event_id", "event_id_too_long",
+                            topic)
         event_id = header_id or "sha256:" + hashlib.sha256(body).hexdigest()
+        if self.topic_header is None and is_source_request(body):
+            topic = SOURCE_REQUESTED
         try:
             stored = await self.store.ingest(Delivery(event_id, topic, body, time.time()))
         except NotAnObject as exc:
-            return _refused(400, str(exc), "bad_body", "not_a_json_object", event_id)
+            return _refused(400, str(exc), "bad_body", "not_a_json_object", topic, event_id)
         except Exception as exc:
             # Nothing is acked that is not committed: 503, and the sender retries. Anything but
             # StoreUnavailable is a bug, so it is logged with its traceback.
             log.error("store cannot commit: %s", exc, exc_info=not isinstance(exc, StoreUnavailable),
                       extra={"event_id": event_id})
-            return _refused(503, "store unavailable; retry later", "store_unavailable", "store_unavailable", event_id)
+            return _refused(503, "store unavailable; retry later", "store_unavailable", "store_unavailable", topic,
+                            event_id)
         status, outcome = answer(stored)
-        return status, {"status": outcome, "event_id": event_id}, outcome, event_id, None
+        return status, {"status": outcome, "event_id": event_id}, outcome, event_id, None, topic
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -132,5 +137,21 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
 
 
-def _refused(status: int, message: str, outcome: str, reason: str, event_id: str | None = None) -> Answer:
-    return status, {"error": message}, outcome, event_id, reason
+def _refused(status: int, message: str, outcome: str, reason: str, topic: str,
+             event_id: str | None = None) -> Answer:
+    return status, {"error": message}, outcome, event_id, reason, topic
+
+
+def is_source_request(body: bytes) -> bool:
+    """Whether a body with no topic header is a ``video.source_requested`` request by its own shape: a JSON
+    object with a ``creative`` object and a ``fulfillment`` object holding an ``uploadUrl`` (what only a
+    request carries). The shape is signed; a topic header never is."""
+    if b'"uploadUrl"' not in body:  # most bodies are told apart without parsing
+        return False
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return False  # the store refuses it with the reason
+    fulfillment = data.get("fulfillment") if isinstance(data, dict) else None
+    return (isinstance(data.get("creative"), dict) and isinstance(fulfillment, dict)
+            and "uploadUrl" in fulfillment)

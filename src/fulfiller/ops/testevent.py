@@ -2,7 +2,8 @@
 
 Lets an operator prove a deployment end to end (secret, header prefix, mode)
 without waiting for the platform. With ``--config`` it signs as that receiver
-is configured (mode, header prefix, secrets, timestamp) and posts to its port
+is configured (mode, header prefix, secrets, timestamp, and Outpost's signing
+settings: header names, algorithm, encoding, templates) and posts to its port
 on this machine; flags given on the command line win over the file.
 """
 
@@ -22,7 +23,8 @@ from typing import Any
 import httpx
 
 from fulfiller.config import Config, ConfigError
-from fulfiller.intake.signing import sign_outpost, sign_standard
+from fulfiller.intake.outpost import OutpostScheme
+from fulfiller.intake.signing import Verifier
 
 # The flags that shape the sample's creative; --file replaces the whole body, so none of them applies.
 CREATIVE_FLAGS = ("code", "variation", "locale", "kind", "aspect", "family", "accepted")
@@ -54,21 +56,13 @@ def sample_event(upload_url: str, callback_url: str, *, code: str = "HRT-1212", 
 
 
 def signed_headers(body: bytes, secrets: list[str], *, topic: str, event_id: str, mode: str = "outpost",
-                   prefix: str | None = None, timestamped: bool = False) -> dict[str, str]:
-    """The headers Outpost would send with ``body``."""
-    now = int(time.time())
-    if mode == "standard":
-        p = prefix or "webhook-"
-        headers = sign_standard(body, secrets, msg_id=event_id, timestamp=now, prefix=p)
-        headers[f"{p}topic"] = topic
-    else:
-        p = prefix or "x-outpost-"
-        headers = {
-            f"{p}event-id": event_id,
-            f"{p}topic": topic,
-            f"{p}timestamp": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
-            f"{p}signature": sign_outpost(body, secrets, timestamp=now if timestamped else None),
-        }
+                   prefix: str | None = None, timestamped: bool = False,
+                   scheme: OutpostScheme | None = None) -> dict[str, str]:
+    """The headers Outpost would send with ``body``: with its default signing settings under ``prefix``, or
+    (Outpost mode) as ``scheme`` configures them."""
+    p = prefix or ("x-outpost-" if mode == "outpost" else "webhook-")
+    verifier = Verifier(mode, secrets, p, 0, scheme=scheme)
+    headers = verifier.sign(body, event_id=event_id, topic=topic, timestamp=int(time.time()), timestamped=timestamped)
     headers["content-type"] = "application/json"
     return headers
 
@@ -150,8 +144,10 @@ def send_test_event(args: argparse.Namespace, config: Config | None, out: Callab
     how = signing(args, config)
     body = event_body(args, config)
     event_id = args.event_id or f"evt_test_{uuid.uuid4().hex[:16]}"
+    # The receiver's own signing settings (templates, algorithm, header names), under the prefix in force.
+    scheme = config.receiver.scheme(how.prefix) if config else None
     headers = signed_headers(body, how.secrets, topic=args.topic, event_id=event_id, mode=how.mode,
-                             prefix=how.prefix, timestamped=how.timestamped)
+                             prefix=how.prefix, timestamped=how.timestamped, scheme=scheme)
     try:
         response = httpx.post(how.url, content=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
