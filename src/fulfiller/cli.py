@@ -172,6 +172,37 @@ def cmd_send_test_event(args: argparse.Namespace) -> int:
     return send_test_event(args, config, print)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fulfiller.intake.capture import CaptureError, parse_headers, parse_request
+    from fulfiller.intake.doctor import diagnose
+
+    if not args.request and not (args.headers and args.body):
+        print("verify: give --request FILE, or --headers FILE and --body FILE", file=sys.stderr)
+        return EXIT_USAGE
+    config = _config(args)
+    if not config.receiver.secrets:
+        raise ConfigError([("receiver.secrets", "required: verify tests the signature with the configured secrets")])
+    try:
+        body = Path(args.body).read_bytes() if args.body else None
+        if args.request:
+            captured = parse_request(Path(args.request).read_bytes(), body)
+            headers, body, note = captured.headers, captured.body, captured.note
+        else:
+            headers, note = parse_headers(Path(args.headers).read_text(encoding="latin-1")), None
+    except (OSError, CaptureError) as exc:
+        print(f"verify: unusable input: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    diagnosis = diagnose(body or b"", headers, config.receiver, args.now)
+    print(diagnosis.code)
+    if len(diagnosis.codes) > 1:
+        print("also: " + ", ".join(diagnosis.codes[1:]))
+    for line in ([note] if note else []) + diagnosis.advice:
+        print(f"- {line}")
+    return EXIT_OK if diagnosis.ok else EXIT_ERROR
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fulfiller.ops.demo import run_demo
 
@@ -251,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-url", default="https://example.r2.cloudflarestorage.com/sample?X-Amz-Signature=x")
     p.add_argument("--callback-url", default="https://api.trigger.dev/api/v1/waitpoints/tokens/waitpoint_x/complete")
     p.add_argument("--event-id", default=None)
+    p = add("verify", cmd_verify, "say why a captured delivery's signature is refused, and what fixes it")
+    p.add_argument("--request", metavar="FILE", help="the request as captured: curl -v, HTTP text, or JSON")
+    p.add_argument("--headers", metavar="FILE", help="'Name: value' lines (with --body)")
+    p.add_argument("--body", metavar="FILE", help="the body's exact bytes (or the body a curl -v capture lacks)")
+    p.add_argument("--now", type=float, metavar="UNIX", help="check timestamps as of this time (default: now)")
     p = add("demo", cmd_demo, "run the whole loop locally with sample masters", config=False)
     p.add_argument("--keep", action="store_true", help="keep the demo's working folder")
     return parser
