@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from fulfiller.config import ConfigError
-from fulfiller.store import StoreUnavailable, open_store
+from fulfiller.store import Store, StoreUnavailable, open_store
 from fulfiller.store.schema import refuse_newer
 from fulfiller.store.sql import SqlStore
 from fulfiller.store.sqlite import SQLiteStore
@@ -34,7 +34,7 @@ def check_state(url: str) -> list[str]:
             raise ConfigError([("state", problem)])
         if not path.parent.is_dir():
             return [f"state: {path.parent} does not exist yet; serve creates it"]
-    refuse_newer_schema(url)
+    refuse_newer_schema(store)
     return []
 
 
@@ -68,12 +68,11 @@ def sqlite_file_problem(path: Path) -> str | None:
     return None
 
 
-def refuse_newer_schema(url: str) -> None:
-    """Raise SchemaTooNew (a ConfigError: exit 2) when the state at ``url`` holds a schema newer than this
+def refuse_newer_schema(store: Store) -> None:
+    """Raise SchemaTooNew (a ConfigError: exit 2) when ``store`` (not opened) holds a schema newer than this
     build's, reading only: ``serve`` refuses it before its server starts (the store's own start refuses it
     too, but by then a failure is the server's startup failure, exit 3). A state not there yet, or not
     reachable now, is left to the store's start."""
-    store = open_store(url)
     if not isinstance(store, SqlStore) or (isinstance(store, SQLiteStore) and not Path(store.path).is_file()):
         return
     try:

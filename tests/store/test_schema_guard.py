@@ -80,11 +80,11 @@ async def test_serve_can_refuse_before_its_server_starts(make_store: StoreFactor
     """``preflight.refuse_newer_schema`` only reads: a state not there yet stays absent, this build's
     schema passes, a newer one is refused."""
     missing = tmp_path / "not-yet" / "state.db"
-    refuse_newer_schema(f"sqlite:///{missing}")
+    refuse_newer_schema(open_store(f"sqlite:///{missing}"))
     assert not missing.parent.exists()
-    refuse_newer_schema(store_url)  # not migrated yet
+    refuse_newer_schema(open_store(store_url))  # not migrated yet
     await migrated_by_a_newer_build(make_store, store_url)
     with pytest.raises(SchemaTooNew, match=f"version {KNOWN + 1} is newer than this fulfiller \\({KNOWN}\\)"):
-        refuse_newer_schema(store_url)
+        refuse_newer_schema(open_store(store_url))
     run_sql(store_url, f"DELETE FROM fulfiller_schema WHERE version = {KNOWN + 1}")
-    refuse_newer_schema(store_url)
+    refuse_newer_schema(open_store(store_url))
