@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from fulfiller.config import Config
 from fulfiller.intake.receiver import Receiver
+from fulfiller.intake.refusal_log import RefusalLog
 from fulfiller.metrics import Metrics
 from fulfiller.ops.admin import AdminApi
 from fulfiller.ops.maintenance import prune_hourly
@@ -61,8 +62,9 @@ def create_app(config: Config, *, store: Store | None = None, service: Service |
     """The whole HTTP surface for ``config``; ``service`` runs alongside (workers in ``serve``)."""
     store = store or open_store(config.state, serving=True)
     metrics = Metrics()
-    receiver = Receiver(config.receiver, store, metrics)
-    admin = AdminApi(store, config.admin.token) if config.admin.token else None
+    refusals = RefusalLog(config.receiver)
+    receiver = Receiver(config.receiver, store, metrics, refusals)
+    admin = AdminApi(store, config.admin.token, refusals) if config.admin.token else None
     started: list[Running] = []  # the service, while the app runs
 
     async def healthz(request: Request) -> Response:

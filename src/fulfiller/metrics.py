@@ -67,6 +67,10 @@ class Metrics:
             "fulfiller_state_bytes", "Size of the state on disk: the SQLite file and its WAL, or the PostgreSQL"
             " database", registry=r,
         )
+        self.refused = Counter(
+            "fulfiller_deliveries_refused_total", "Deliveries refused, by reason: the signature doctor's code when"
+            " it diagnosed one, else the code the sender was answered", ["reason"], registry=r,
+        )
         self._delivered: dict[tuple[str, str], Counter] = {}
         self.stats_cache_s = stats_cache_s
         self._stats: asyncio.Future[Stats] | None = None  # the last query, or the one running
@@ -85,6 +89,10 @@ class Metrics:
             child = self._delivered[(topic, outcome)] = self.deliveries.labels(topic, outcome)
         child.inc()
         self.ack_latency.observe(ack_s)
+
+    def count_refused(self, reason: str) -> None:
+        """Count one refused delivery; reasons are the receiver's and the doctor's codes, a fixed set."""
+        self.refused.labels(reason).inc()
 
     def count_pruned(self, pruned: Pruned) -> None:
         """Count what a prune deleted, and the state's size it found after."""

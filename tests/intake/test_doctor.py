@@ -142,3 +142,11 @@ def test_a_custom_template_reads_the_timestamp_where_the_template_puts_it() -> N
     diagnosis = diagnose(BODY, outpost(timestamp=NOW - 600, **templates), receiver(**templates), now=NOW)
     assert diagnosis.code == "timestamp_outside_tolerance"
     assert any("signed 600 seconds ago" in line for line in diagnosis.advice)
+
+
+@pytest.mark.parametrize("body", [b"[" * 50_000 + b"]" * 50_000, b'{"a":"\\ud800"}', b"\xff\xfe not json"],
+                         ids=["nested-too-deep", "lone-surrogate", "not-json"])
+def test_a_hostile_body_is_diagnosed_without_raising(body: bytes) -> None:
+    headers = receiver([STRANGER]).verifier().sign(body, event_id=EVENT_ID, topic=TOPIC, timestamp=NOW,
+                                                   timestamped=True)
+    assert diagnose(body, headers, receiver(), now=NOW).code == "wrong_secret"

@@ -136,7 +136,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
 # auth
 
 ROUTES = [("GET", "/admin/jobs"), ("GET", "/admin/jobs/{id}"), ("POST", "/admin/jobs/{id}/rerun"),
-          ("POST", "/admin/jobs/{id}/skip")]
+          ("POST", "/admin/jobs/{id}/skip"), ("GET", "/admin/refusals")]
 
 
 @pytest.mark.parametrize("headers", [

@@ -205,17 +205,17 @@ class _Doctor:
     def body_variants(self) -> list[str]:
         try:
             data = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+            variants = [json.dumps(data, separators=separators, sort_keys=sort_keys,
+                                   ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+                        for separators in ((",", ":"), (", ", ": ")) for sort_keys in (False, True)
+                        for ensure_ascii in (True, False)]
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than json reads
             return []
-        for separators in ((",", ":"), (", ", ": ")):
-            for sort_keys in (False, True):
-                for ensure_ascii in (True, False):
-                    variant = json.dumps(data, separators=separators, sort_keys=sort_keys,
-                                         ensure_ascii=ensure_ascii).encode("utf-8")
-                    if variant != self.body and self.passes(self.keys, body=variant):
-                        return ["it verifies against the same JSON serialised differently (spaces, key order or "
-                                "escaping): something between Outpost and this receiver (a proxy, a framework) "
-                                "re-encoded the body; pass the raw bytes through"]
+        for variant in variants:
+            if variant != self.body and self.passes(self.keys, body=variant):
+                return ["it verifies against the same JSON serialised differently (spaces, key order or escaping): "
+                        "something between Outpost and this receiver (a proxy, a framework) re-encoded the body; "
+                        "pass the raw bytes through"]
         return []
 
     def other_algorithms(self) -> list[str]:

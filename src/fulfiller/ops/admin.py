@@ -1,4 +1,4 @@
-"""The operator API under ``/admin``: list and inspect jobs, rerun or skip one.
+"""The operator API under ``/admin``: list and inspect jobs, rerun or skip one, read refused deliveries.
 
 Mounted only when an admin token is configured; every route checks it in
 constant time. Responses never carry pre-signed URL signatures or tokens.
@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from fulfiller.intake.refusal_log import RefusalLog
 from fulfiller.jobs import Status
 from fulfiller.store.base import REFUSALS, Requeue, Store
 
@@ -37,8 +38,9 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
 
 
 class AdminApi:
-    def __init__(self, store: Store, token: str):
+    def __init__(self, store: Store, token: str, refusals: RefusalLog):
         self.store = store
+        self.refusals = refusals
         self._token = token.encode()
 
     def authorized(self, request: Request) -> bool:
@@ -64,6 +66,7 @@ class AdminApi:
             Route("/admin/jobs/{job_id}", guarded(self.get_job), methods=["GET"]),
             Route("/admin/jobs/{job_id}/rerun", guarded(self.rerun), methods=["POST"]),
             Route("/admin/jobs/{job_id}/skip", guarded(self.skip), methods=["POST"]),
+            Route("/admin/refusals", guarded(self.list_refusals), methods=["GET"]),
         ]
 
     async def console(self, request: Request) -> Response:
@@ -88,6 +91,12 @@ class AdminApi:
             "next_offset": offset + limit if len(found) > limit else None,
         }
         return JSONResponse(body)
+
+    async def list_refusals(self, request: Request) -> Response:
+        """The last refused deliveries, newest first, with the doctor's codes and advice (never a body, a
+        secret or a signature: the log keeps none)."""
+        kept = self.refusals.recent()
+        return JSONResponse({"refusals": [r.to_json() for r in kept], "capacity": self.refusals.capacity})
 
     async def get_job(self, request: Request) -> Response:
         job = await self.store.get_job(request.path_params["job_id"])
