@@ -16,7 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "fulfiller"
 # The domain: what a request, a job and a master are. Web servers, HTTP clients and cloud SDKs stay outside.
 DOMAIN = ("fulfiller.events", "fulfiller.jobs", "fulfiller.media", "fulfiller.hosts", "fulfiller.redact",
-          "fulfiller.delivery.routing", "fulfiller.intake.admission")
+          "fulfiller.delivery.routing", "fulfiller.intake.admission", "fulfiller.naming", "fulfiller.measure",
+          "fulfiller.measure.base", "fulfiller.measure.aspect", "fulfiller.measure.bmff", "fulfiller.measure.ebml",
+          "fulfiller.measure.stills")
 OUTSIDE_LIBRARIES = ("starlette", "uvicorn", "httpx", "urllib3", "boto3", "botocore", "googleapiclient", "google",
                      "magic", "psycopg", "prometheus_client")
 

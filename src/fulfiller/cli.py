@@ -203,6 +203,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if diagnosis.ok else EXIT_ERROR
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from fulfiller.ops.probe import probe
+
+    return asyncio.run(probe(args.files, args.json, print))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fulfiller.ops.demo import run_demo
 
@@ -287,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headers", metavar="FILE", help="'Name: value' lines (with --body)")
     p.add_argument("--body", metavar="FILE", help="the body's exact bytes (or the body a curl -v capture lacks)")
     p.add_argument("--now", type=float, metavar="UNIX", help="check timestamps as of this time (default: now)")
+    p = add("probe", cmd_probe, "measure media files: format, size, rotation, display aspect", config=False)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = add("demo", cmd_demo, "run the whole loop locally with sample masters", config=False)
     p.add_argument("--keep", action="store_true", help="keep the demo's working folder")
     return parser
