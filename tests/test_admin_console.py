@@ -4,15 +4,20 @@ One ``fulfiller serve`` (receiver + workers) and one platform double (upload
 URL + wait-token callbacks) serve the whole module; jobs of every kind are made
 by sending signed events, then driven from the page: sign in, read the list,
 filter, page, open a job, rerun it, skip it, see a refusal, lose the token.
+Deliveries are refused the ways operators meet them (a secret copied without
+its prefix, a re-serialised body, a renamed signature header, a body too
+large) and read back on the "Refused deliveries" page.
 
-Screenshots of the jobs page and a job page at laptop (1366x900) and phone
-(390x844) widths land in ``test-artifacts/`` for people to look at.
+Screenshots of the jobs page, a job page and the refused deliveries at laptop
+(1366x900) and phone (390x844) widths land in ``test-artifacts/`` for people
+to look at.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import shutil
 import time
@@ -25,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from fulfiller.ops.testevent import signed_headers
 from support.fulfiller_proc import FulfillerProcess
 from support.platform import PlatformDouble, new_token, run_platform, source_requested, storage_key
 
@@ -38,6 +44,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 UI_TIMEOUT_MS = 20_000
+MAX_BODY = 65_536
+# A header name made of the token characters HTTP allows and markup would read as entities; "sig" in it makes the
+# doctor name it in its advice too. (A name with < or > never reaches the app: the HTTP parser answers 400.)
+HOSTILE_HEADER = "x-&lt&amp'!#$%*+^|~-sig"
 
 
 def _chromium() -> str | None:
@@ -128,6 +138,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         },
         "catalogs": {"local": {"type": "local", "root": str(masters)}},
         "routes": [{"codes": ["*"], "catalog": "local"}],
+        "receiver": {"max_body_bytes": MAX_BODY},
     }
     with run_platform(root / "platform") as platform, \
             FulfillerProcess(root / "serve", config, secret=SECRET, admin_token=ADMIN_TOKEN) as proc:
@@ -164,6 +175,56 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         yield c
 
 
+# One case per way operators meet a refusal; each delivery carries a header named after its case (the refusal log
+# keeps header names, never values), which finds its row however many other refusals the server holds.
+UNPREFIXED = "x-case-unprefixed-secret"
+REENCODED = "x-case-reencoded-body"
+RENAMED = "x-case-renamed-header"
+OVERSIZE = "x-case-oversize-body"
+UNKNOWN_KEY = "x-case-unknown-key"
+BODY_MARKER = "REFUSED-BODY-7d2c41"
+
+
+@dataclass
+class Refused:
+    """Deliveries sent to ``fulfiller serve`` to be refused, and every value of theirs that must never be shown."""
+
+    url: str
+    http: Any
+    hidden: list[str] = field(default_factory=lambda: [SECRET, SECRET.removeprefix("whsec_"), BODY_MARKER])
+
+    def signed(self, body: bytes, case: str, secret: str = SECRET) -> dict[str, str]:
+        event_id = f"evt_{case.replace('-', '_')}_{len(self.hidden)}"
+        headers = {**signed_headers(body, [secret], topic="video.source_requested", event_id=event_id), case: "1"}
+        self.hidden += [event_id, headers["x-outpost-signature"]]
+        return headers
+
+    def post(self, body: bytes, headers: dict[str, str], status: int) -> dict[str, Any]:
+        r = self.http.post(self.url, content=body, headers=headers)
+        assert r.status_code == status, r.text
+        return r.json()
+
+
+@pytest.fixture(scope="module")
+def refused(console: Console) -> Refused:
+    sent = Refused(f"{console.proc.base_url}/webhooks/outpost", console.proc.http)
+    event = console.request("refused", BODY_MARKER)
+    raw = json.dumps(event).encode()
+    # the secret pasted without its whsec_ prefix: the sender hears only bad_signature
+    answer = sent.post(raw, sent.signed(raw, UNPREFIXED, SECRET.removeprefix("whsec_")), 401)
+    assert answer == {"error": "signature refused", "reason": "bad_signature"}
+    # a proxy pretty-printed the JSON it passed on
+    sent.post(json.dumps(event, indent=2).encode(), sent.signed(raw, REENCODED), 401)
+    # the signature under another header name, next to a sig-like header whose name reads as markup entities
+    renamed = sent.signed(raw, RENAMED)
+    renamed["x-acme-signature"] = renamed.pop("x-outpost-signature")
+    renamed[HOSTILE_HEADER] = "1"
+    assert sent.post(raw, renamed, 401)["reason"] == "no_signature_header"
+    # over receiver.max_body_bytes: refused before any signature check, so never diagnosed
+    sent.post(b"x" * 70_000, {"content-type": "application/json", OVERSIZE: "1"}, 413)
+    return sent
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -197,8 +258,8 @@ def _expect() -> Any:
     return expect
 
 
-def login(page: Any, console: Console, hash_: str = "") -> None:
-    page.goto(console.url + hash_)
+def login(page: Any, console: Console | str, hash_: str = "") -> None:
+    page.goto((console if isinstance(console, str) else console.url) + hash_)
     page.get_by_test_id("token-input").fill(ADMIN_TOKEN)
     page.get_by_test_id("login-submit").click()
     _expect()(page.get_by_test_id("login-view")).to_be_hidden()
@@ -538,13 +599,188 @@ def test_dark_colour_scheme(browser: Any, console: Console) -> None:
         context.close()
 
 
-def test_admin_answers_seen_by_the_console_carry_no_credentials(console: Console) -> None:
-    # Every answer the console reads, after real uploads, 400/409 callbacks, reruns and skips.
+def refusal_row(page: Any, case: str) -> Any:
+    return page.get_by_test_id("refusal-row").filter(has_text=case)
+
+
+def open_detail(page: Any, case: str) -> Any:
+    """Expand a refusal's row (unless it is open) and answer its detail block."""
+    toggle = refusal_row(page, case).get_by_test_id("refusal-toggle")
+    if toggle.get_attribute("aria-expanded") != "true":
+        toggle.click()
+    _expect()(toggle).to_have_attribute("aria-expanded", "true")
+    return page.locator(f"#{toggle.get_attribute('aria-controls')}")
+
+
+def test_refused_deliveries_show_the_doctors_reason_and_the_fix(page: Any, console: Console,
+                                                                   refused: Refused) -> None:
+    expect = _expect()
+    login(page, console, "#/refusals")  # deep link: the route survives the sign-in
+    expect(page.get_by_test_id("refusals-view")).to_be_visible()
+    expect(page.get_by_test_id("list-view")).to_be_hidden()
+    expect(page.get_by_test_id("nav-refusals")).to_have_attribute("aria-current", "page")
+    assert page.get_by_test_id("nav-jobs").get_attribute("aria-current") is None
+    assert page.title().startswith("Refused deliveries")
+    note = page.get_by_test_id("refusals-note")
+    expect(note).to_contain_text("memory only: the last 100 since it started")
+
+    # what the sender was told, and what the doctor found
+    told_and_found = {UNPREFIXED: ("bad_signature", "secret_variant"), REENCODED: ("bad_signature", "body_modified"),
+                      RENAMED: ("no_signature_header", "no_signature_header"), OVERSIZE: ("too_large", "too_large")}
+    for case, (answered, reason) in told_and_found.items():
+        found = refusal_row(page, case)
+        expect(found).to_have_count(1)
+        expect(found.get_by_test_id("refusal-answered")).to_have_text(answered)
+        expect(found.get_by_test_id("reason-badge")).to_have_text(reason)
+        assert found.get_attribute("data-reason") == reason
+    # newest first
+    listed = page.get_by_test_id("refusal-header-list").all_text_contents()
+    places = [next(i for i, names in enumerate(listed) if case in names) for case in (OVERSIZE, RENAMED, REENCODED,
+                                                                                        UNPREFIXED)]
+    assert places == sorted(places)
+    # the first advice line is in the row; the 401 and the body size too
+    unprefixed = refusal_row(page, UNPREFIXED)
+    expect(unprefixed.get_by_test_id("refusal-summary")).to_contain_text("receiver.secrets[0]")
+    expect(unprefixed).to_contain_text("HTTP 401")
+    expect(unprefixed.get_by_test_id("undiagnosed")).to_have_count(0)
+    # a refusal the doctor never looked at says so, and why
+    oversize = refusal_row(page, OVERSIZE)
+    assert oversize.get_attribute("data-diagnosed") == "false"
+    expect(oversize.get_by_test_id("undiagnosed")).to_be_visible()
+    expect(oversize.get_by_test_id("refusal-summary")).to_contain_text("not a signature refusal")
+    expect(oversize).to_contain_text("HTTP 413")
+    expect(oversize.locator("td.c-size")).to_have_text("70.0 kB")
+
+    # the detail: every code and every advice line, in plain words (the button, the keyboard, the row itself)
+    detail = open_detail(page, UNPREFIXED)
+    expect(detail.get_by_test_id("refusal-diagnosis")).to_contain_text("secret_variant")
+    expect(detail.get_by_test_id("refusal-diagnosis")).to_contain_text("fix the secret's spelling")
+    expect(detail.get_by_test_id("refusal-advice")).to_contain_text("without its whsec_ prefix")
+    expect(detail.get_by_test_id("refusal-told")).to_contain_text("HTTP 401")
+    expect(detail.get_by_test_id("refusal-told")).to_contain_text("bad_signature")
+    expect(detail.get_by_test_id("refusal-received")).to_contain_text("/webhooks/outpost from 127.0.0.1")
+
+    refusal_row(page, REENCODED).get_by_test_id("refusal-toggle").focus()
+    page.keyboard.press("Enter")
+    reencoded = open_detail(page, REENCODED)
+    expect(reencoded.get_by_test_id("refusal-advice")).to_contain_text("re-encoded the body")
+
+    refusal_row(page, RENAMED).locator("td.c-client").click()
+    renamed = open_detail(page, RENAMED)
+    advice = renamed.get_by_test_id("refusal-advice")
+    expect(advice).to_contain_text("no x-outpost-signature header")
+    expect(advice).to_contain_text("set receiver.signature_header: x-acme-signature")
+    # names the sender chose are text: entities stay as typed, no element comes of them
+    expect(advice).to_contain_text(HOSTILE_HEADER)
+    expect(renamed.get_by_test_id("refusal-headers").locator(".chip", has_text="x-&lt")).to_have_text(HOSTILE_HEADER)
+    expect(refusal_row(page, RENAMED).get_by_test_id("refusal-header-list")).to_contain_text(HOSTILE_HEADER)
+    assert page.locator("#refusals-body img, #refusals-body script").count() == 0
+
+    undiagnosed = open_detail(page, OVERSIZE)
+    expect(undiagnosed.get_by_test_id("refusal-undiagnosed")).to_contain_text("not a signature refusal")
+    expect(undiagnosed.get_by_test_id("refusal-undiagnosed")).to_contain_text("max_body_bytes")
+    expect(undiagnosed.get_by_test_id("refusal-advice")).to_have_count(0)
+    expect(undiagnosed.get_by_test_id("refusal-body-size")).to_contain_text("70,000 bytes")
+    open_detail(page, OVERSIZE)  # already open: stays open
+    refusal_row(page, OVERSIZE).get_by_test_id("refusal-toggle").click()
+    expect(undiagnosed).to_be_hidden()
+
+    # no secret, signature, event id or body ever reaches the page
+    dom = page.content()
+    for value in refused.hidden:
+        assert value not in dom, f"{value[:16]}… reached the page"
+    no_horizontal_scroll(page)
+    shot(page, "refusals-desktop.png")
+
+    # the top bar leads to the jobs and back, by mouse and by keyboard
+    page.get_by_test_id("nav-jobs").click()
+    expect(page.get_by_test_id("list-view")).to_be_visible()
+    expect(page.get_by_test_id("refusals-view")).to_be_hidden()
+    expect(page.get_by_test_id("nav-jobs")).to_have_attribute("aria-current", "page")
+    assert page.url.endswith("#/jobs")
+    page.get_by_test_id("nav-refusals").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("refusals-view")).to_be_visible()
+    expect(page.get_by_test_id("nav-refusals")).to_have_attribute("aria-current", "page")
+    assert page.get_by_test_id("nav-jobs").get_attribute("aria-current") is None
+    assert page.url.endswith("#/refusals")
+
+    # live: a new refusal shows up by itself, and the open rows and the focus stay where they were
+    refusal_row(page, UNPREFIXED).get_by_test_id("refusal-toggle").focus()
+    raw = json.dumps(console.request("unknown-key", BODY_MARKER)).encode()
+    refused.post(raw, refused.signed(raw, UNKNOWN_KEY, "whsec_nobody-here-configured-this"), 401)
+    expect(refusal_row(page, UNKNOWN_KEY).get_by_test_id("reason-badge")).to_have_text("wrong_secret",
+                                                                                       timeout=UI_TIMEOUT_MS)
+    expect(open_detail(page, UNPREFIXED)).to_be_visible()
+    expect(refusal_row(page, UNPREFIXED).get_by_test_id("refusal-toggle")).to_be_focused()
+    expect(refusal_row(page, RENAMED).get_by_test_id("refusal-toggle")).to_have_attribute("aria-expanded", "true")
+    expect(refusal_row(page, OVERSIZE).get_by_test_id("refusal-toggle")).to_have_attribute("aria-expanded", "false")
+    dom = page.content()
+    assert not [value for value in refused.hidden if value in dom]
+
+
+def test_refused_deliveries_at_phone_width(browser: Any, console: Console, refused: Refused) -> None:
+    expect = _expect()
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        login(page, console)
+        # the sections are tabs under the top bar, inside the screen
+        nav = page.get_by_test_id("nav-refusals")
+        box = nav.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        nav.click()
+        first = refusal_row(page, UNPREFIXED)
+        expect(first).to_be_visible()
+        assert page.locator("#refusals-table thead").is_hidden()
+        assert first.evaluate("el => getComputedStyle(el).display") == "flex"
+        expect(open_detail(page, RENAMED).get_by_test_id("refusal-advice")).to_contain_text("x-acme-signature")
+        open_detail(page, OVERSIZE)
+        no_horizontal_scroll(page)
+        shot(page, "refusals-phone.png")
+    finally:
+        context.close()
+
+
+def test_no_refusals_yet_then_one_arrives(page: Any, tmp_path: Path) -> None:
+    # A server of its own: the module's one holds refusals by now.
+    expect = _expect()
+    (tmp_path / "masters").mkdir()
+    config = {"catalogs": {"local": {"type": "local", "root": str(tmp_path / "masters")}},
+              "routes": [{"codes": ["*"], "catalog": "local"}]}
+    with FulfillerProcess(tmp_path / "serve", config, secret=SECRET, admin_token=ADMIN_TOKEN) as proc:
+        login(page, f"{proc.base_url}/admin", "#/refusals")
+        empty = page.get_by_test_id("refusals-empty")
+        expect(empty).to_contain_text("No refused deliveries since this process started")
+        expect(empty).to_contain_text("shows up here with the reason and the fix")
+        expect(page.get_by_test_id("refusals-table")).to_be_hidden()
+        expect(page.get_by_test_id("refusals-summary")).to_have_text("Newest first")
+        expect(page.get_by_test_id("refusals-note")).to_contain_text("the last 100")
+        no_horizontal_scroll(page)
+        shot(page, "refusals-empty-desktop.png")
+
+        sent = Refused(f"{proc.base_url}/webhooks/outpost", proc.http)
+        assert sent.post(b'{"a": 1}', {"content-type": "application/json", "x-case-first": "1"}, 401) == {
+            "error": "signature refused", "reason": "no_signature_header"}
+        found = refusal_row(page, "x-case-first")
+        expect(found.get_by_test_id("reason-badge")).to_have_text("no_signature_header", timeout=UI_TIMEOUT_MS)
+        expect(empty).to_be_hidden()
+        expect(page.get_by_test_id("refusals-summary")).to_have_text("1 refusal · newest first · no_signature_header 1")
+        expect(open_detail(page, "x-case-first").get_by_test_id("refusal-advice")).to_contain_text(
+            "no signature-like header")
+
+
+def test_admin_answers_seen_by_the_console_carry_no_credentials(console: Console, refused: Refused) -> None:
+    # Every answer the console reads, after real uploads, 400/409 callbacks, reruns, skips and refusals.
     jobs = console.proc.jobs()
     assert len(jobs) >= 12
     texts = [console.proc.admin("GET", "/admin/jobs", params={"limit": 500}).text]
     texts += [console.proc.admin("GET", f"/admin/jobs/{j['id']}").text for j in jobs]
-    blob = "\n".join(texts)
+    refusals = console.proc.admin("GET", "/admin/refusals").text
+    assert "secret_variant" in refusals
+    for value in refused.hidden:
+        assert value not in refusals, f"{value[:16]}… leaked into /admin/refusals"
+    blob = "\n".join([*texts, refusals])
     assert "?REDACTED" in blob
     assert SECRET not in blob and ADMIN_TOKEN not in blob
     for signature in console.signatures:
