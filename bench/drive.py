@@ -6,7 +6,8 @@ For each size, one run is:
   ``alt=media`` URL (with a bearer token) into a PUT to the sink with a fixed
   Content-Length: ``curl | curl``, and the same copy in Python with urllib3 (one
   streaming GET fed to one streaming PUT, no hashing: the fulfiller's own HTTP
-  stack without the fulfiller);
+  stack without the fulfiller, the machine's limit); SHA-256 alone over the
+  master's bytes (``baselines.py``);
 * fulfiller: a signed ``video.source_requested`` event POSTed to a fresh
   ``fulfiller serve`` process whose only catalog is ``type: drive`` on the
   double, timed until its completion callback reaches the sink (end to end:
@@ -32,16 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import Copy, TransferBench, arg_parser, curl_pipe, run
+from baselines import curl_pipe
+
+from harness import Copy, TransferBench, arg_parser, run
 
 BASELINE_TOKEN = "ya29.bench-baseline"
+AUTH = f"Authorization: Bearer {BASELINE_TOKEN}"  # what the baselines' GETs carry
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
@@ -69,33 +72,6 @@ def serve_drive(spec_path: str) -> None:
         stop.wait()
 
 
-# --- the Python baseline, in its own process -------------------------------------------------
-
-
-def plain_copy(get_url: str, put_url: str, size: int) -> None:
-    """One streaming GET into one streaming PUT with urllib3 in 1 MiB reads: the fulfiller's own
-    HTTP stack with none of its logic (no hashing, no queueing between threads).
-
-    Prints the copy's own seconds and CPU seconds (interpreter start-up and imports left out) as JSON.
-    """
-    import urllib3
-
-    cpu, started = time.process_time(), time.perf_counter()
-    pool = urllib3.PoolManager()
-    auth = {"Authorization": f"Bearer {BASELINE_TOKEN}", "Accept-Encoding": "identity"}
-    source = pool.request("GET", get_url, headers=auth, preload_content=False, decode_content=False)
-    assert source.status == 200, source.status
-
-    def body() -> Any:
-        while chunk := source.read(1 << 20, decode_content=False):
-            yield chunk
-
-    headers = {"Content-Type": "video/mp4", "Content-Length": str(size)}
-    response = pool.request("PUT", put_url, body=body(), headers=headers, chunked=False)
-    assert response.status < 300, response.status
-    print(json.dumps({"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu}))
-
-
 # --- the benchmark ----------------------------------------------------------------------------
 
 
@@ -121,21 +97,14 @@ class Bench(TransferBench):
         file_id = self.drive["files"][self.code(size)]
         return f"{self.drive['api_endpoint']}files/{file_id}?alt=media&supportsAllDrives=true"
 
-    def baselines(self, source: str) -> dict[str, Copy]:
-        def python(size: int, put: str) -> tuple[float, float]:
-            out = subprocess.run([sys.executable, __file__, "--plain-copy", self.media_url(size), put, str(size)],
-                                 check=True, stdout=subprocess.PIPE).stdout
-            timed = json.loads(out)
-            return timed["seconds"], timed["cpu"]
+    def origin(self, source: str, size: int) -> tuple[str, list[str]]:
+        return self.media_url(size), [AUTH]
 
-        auth = [f"Authorization: Bearer {BASELINE_TOKEN}"]
-        return {"curl | curl": lambda size, put: curl_pipe(self.media_url(size), size, put, auth), "urllib3": python}
+    def baselines(self, source: str) -> dict[str, Copy]:
+        return {"curl | curl": lambda size, put: curl_pipe(self.media_url(size), size, put, [AUTH])}
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["--plain-copy"]:
-        plain_copy(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-        return 0
     if sys.argv[1:2] == ["--serve-drive"]:
         serve_drive(sys.argv[2])
         return 0

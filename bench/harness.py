@@ -1,20 +1,16 @@
 """What the benchmarks share: their server processes, figures from /proc, and for the transfer benchmarks
-the sink (a minimal upload target and callback recorder, in its own process so that what is measured is
-the sender), the run of one master per size through a fresh ``fulfiller serve``, and the report.
+the run of one master per size through a fresh ``fulfiller serve`` beside the baselines (``baselines.py``),
+uploading to the sink (``sink.py``), and the report.
 
-The benchmarks import this module as a sibling: their own folder is first on ``sys.path``. It is
-longer than one concept's module because it holds every piece two benchmarks would otherwise repeat,
-so that each benchmark script reads top to bottom as what it measures.
+The benchmarks import this module as a sibling: their own folder is first on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
-import resource
 import shlex
 import shutil
 import signal
@@ -25,10 +21,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from baselines import python_copy, sha256_alone
 
 MiB = 1 << 20
 SECRET = "whsec_bench-signing-secret"
@@ -38,6 +36,12 @@ FTYP = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41\x00\x00\x00\x0
 
 # A plain copy of ``size`` bytes to ``put_url``: its seconds and CPU seconds.
 Copy = Callable[[int, str], tuple[float, float]]
+# The sides every transfer case has, beside its own baselines.
+COPY, HASH, FULFILLER = "python copy", "SHA-256 alone", "fulfiller"
+# The goals: hashing and moving overlap (the fulfiller within 1/OVERLAP of the larger of the copy and the hash),
+# at little more CPU than both (CPU_OVER times their sum), in flat memory (VmHWM under MAX_HWM at every size,
+# the sizes' peaks within HWM_SPREAD of each other).
+OVERLAP, CPU_OVER, MAX_HWM, HWM_SPREAD = 0.85, 1.15, 150e6, 0.05
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -121,96 +125,6 @@ def vm_hwm(pid: int) -> int:
     return int(status.split("VmHWM:", 1)[1].split()[0]) * 1024
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Seconds and CPU seconds (of its processes) of running ``cmd``."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    elapsed = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return elapsed, after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-
-
-# --- the sink -------------------------------------------------------------------------------------
-
-
-class Sink(asyncio.BufferedProtocol):
-    """HTTP/1.1 keep-alive, Content-Length bodies only (as S3-style PUTs): a PUT's body is counted and
-    dropped, a POST's kept; ``GET /records`` answers with every request finished so far."""
-
-    def __init__(self, records: list[dict[str, Any]]):
-        self.records = records
-        self.buffer = memoryview(bytearray(4 * MiB))
-        self.head = bytearray()
-        self.req: dict[str, Any] | None = None
-        self.left = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        data = self.buffer[:nbytes]
-        while data:
-            if self.req is None:
-                self.head += data
-                end = self.head.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                data = memoryview(self.head[end + 4:])
-                self.start(self.head[:end].decode("latin-1"))
-                self.head = bytearray()
-                if self.req is None:
-                    return
-            take = min(self.left, len(data))
-            self.req["bytes"] += take
-            if self.req["method"] != "PUT":
-                self.req["body"] += bytes(data[:take])
-            self.left -= take
-            data = data[take:]
-            if self.left == 0:
-                self.finish()
-
-    def start(self, head: str) -> None:
-        first, *lines = head.split("\r\n")
-        method, target, _ = first.split(" ", 2)
-        headers = {name.strip().lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
-        if "transfer-encoding" in headers:
-            self.reply(411, b'{"error":"chunked bodies refused"}')
-            self.transport.close()
-            return
-        self.left = int(headers.get("content-length", "0"))
-        self.req = {"method": method, "path": target.split("?", 1)[0], "declared": self.left, "bytes": 0, "body": b""}
-
-    def finish(self) -> None:
-        req, self.req = self.req, None
-        assert req is not None
-        if req["method"] == "GET" and req["path"] == "/records":
-            self.reply(200, json.dumps(self.records).encode())
-            return
-        self.records.append({**req, "finished": time.time(), "body": req["body"].decode("utf-8", "replace")})
-        self.reply(200, b"{}")
-
-    def reply(self, status: int, body: bytes) -> None:
-        self.transport.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                             % (status, len(body), body))
-
-
-def serve_sink() -> None:
-    """Run the sink until killed; print its port on the first line of stdout."""
-    import uvloop
-
-    async def main() -> None:
-        records: list[dict[str, Any]] = []
-        server = await asyncio.get_running_loop().create_server(lambda: Sink(records), "127.0.0.1", 0)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        await server.serve_forever()
-
-    uvloop.run(main())
-
-
 # --- the transfer benchmarks ----------------------------------------------------------------------
 
 
@@ -241,33 +155,12 @@ def make_master(path: Path, size: int) -> str:
     return sha.hexdigest()
 
 
-def sha256_speed(total: int = 256 * MiB) -> float:
-    """MiB/s of hashlib's SHA-256 on one core now: the most a transfer that hashes every byte can reach."""
-    block = os.urandom(4 * MiB)
-    sha = hashlib.sha256()
-    started = time.perf_counter()
-    for _ in range(total // len(block)):
-        sha.update(block)
-    return total / (time.perf_counter() - started) / MiB
-
-
-def curl_pipe(get_url: str, size: int, put_url: str, get_headers: Sequence[str] = ()) -> tuple[float, float]:
-    """``curl GET | curl PUT``: the same bytes with no logic. The PUT states the length, as the
-    fulfiller's does (``curl -T -`` alone would send chunked); if the GET fails, the PUT gives up
-    waiting for the rest of its body after ``--max-time``."""
-    get = ["curl", "-sSf", "--max-time", "600", *(arg for header in get_headers for arg in ("-H", header)), get_url]
-    put = ["curl", "-sSf", "--max-time", "600", "-o", os.devnull, "-T", "-", "-H", "Transfer-Encoding:",
-           "-H", "Expect:", "-H", f"Content-Length: {size}", "-H", "Content-Type: video/mp4", put_url]
-    return timed(["bash", "-o", "pipefail", "-c", f"{shlex.join(get)} | {shlex.join(put)}"])
-
-
 @dataclass
 class Case:
     source: str
     size: int
     seconds: dict[str, list[float]] = field(default_factory=dict)  # per side: each baseline, then "fulfiller"
     cpu: dict[str, list[float]] = field(default_factory=dict)  # CPU seconds, likewise
-    sha256: list[float] = field(default_factory=list)  # SHA-256 alone on one core, MiB/s, after each baseline
     hwm: int = 0  # the fulfiller's VmHWM after its jobs
 
     def add(self, side: str, seconds: float, cpu: float) -> None:
@@ -280,13 +173,24 @@ class Case:
     def cpu_per_gib(self, side: str) -> float:
         return statistics.median(self.cpu[side]) * (1 << 30) / self.size
 
+    def overlap(self) -> float:
+        """The larger of the copy's and the hash's time over the fulfiller's: 1 when hashing and moving
+        fully overlap at the machine's speed, about half when they add up."""
+        limit = max(statistics.median(self.seconds[COPY]), statistics.median(self.seconds[HASH]))
+        return limit / statistics.median(self.seconds[FULFILLER])
+
+    def cpu_over(self) -> float:
+        """The fulfiller's CPU over the copy's and the hash's together."""
+        return self.cpu_per_gib(FULFILLER) / (self.cpu_per_gib(COPY) + self.cpu_per_gib(HASH))
+
 
 class TransferBench:
     """Each size's master through a fresh ``fulfiller serve`` per (source, size), beside plain copies.
 
     A subclass serves the masters (:meth:`start`; they are on disk by then, at
-    :meth:`master`) and gives each source's catalog and baselines; the goals are
-    set against the baseline named ``curl | curl``.
+    :meth:`master`) and gives each source's catalog, where a plain copy reads the
+    master (:meth:`origin`) and its own baselines; every case also runs the
+    Python copy and SHA-256 alone, which the goals are set against.
     """
 
     sources: list[str]
@@ -305,6 +209,11 @@ class TransferBench:
         raise NotImplementedError
 
     def baselines(self, source: str) -> dict[str, Copy]:
+        raise NotImplementedError
+
+    def origin(self, source: str, size: int) -> tuple[str, list[str]]:
+        """Where a plain copy reads the master of ``size`` from this source (a file path or a URL), and the
+        headers its GET needs."""
         raise NotImplementedError
 
     def code(self, size: int) -> str:
@@ -328,7 +237,8 @@ class TransferBench:
             stop(proc)
 
     def run(self) -> list[Case]:
-        self.sink = f"http://127.0.0.1:{int(self.helper([sys.executable, __file__, '--serve-sink']))}"
+        sink = Path(__file__).with_name("sink.py")
+        self.sink = f"http://127.0.0.1:{int(self.helper([sys.executable, str(sink)]))}"
         for size in [WARMUP, *self.args.sizes]:
             print(f"generating the {human(size)} master ...", flush=True)
             self.hashes[size] = make_master(self.master(size), size)
@@ -349,12 +259,14 @@ class TransferBench:
         proc, base = start_fulfiller(self.tmp, config, worker=True, env=self.env)
         try:
             self.send_event(proc, base, WARMUP, f"{name}-warmup")
+            origin, headers = self.origin(source, size)
+            copies = {**self.baselines(source), COPY: lambda size, put: python_copy(origin, size, put, headers)}
             for i in range(self.args.repeat):
-                for j, (side, copy) in enumerate(self.baselines(source).items()):
+                for j, (side, copy) in enumerate(copies.items()):
                     case.add(side, *copy(size, f"{self.sink}/upload/{name}-{i}-{j}"))
                     self.expect_upload(f"{name}-{i}-{j}", size)
-                case.sha256.append(sha256_speed())
-                case.add("fulfiller", *self.send_event(proc, base, size, f"{name}-{i}"))
+                case.add(HASH, *sha256_alone(str(self.master(size))))
+                case.add(FULFILLER, *self.send_event(proc, base, size, f"{name}-{i}"))
                 print(f"  {name} run {i + 1}: " + ", ".join(
                     f"{side} {size / sides[-1] / MiB:.0f}" for side, sides in case.seconds.items()) + " MiB/s",
                     flush=True)
@@ -404,17 +316,26 @@ class TransferBench:
 def report(cases: list[Case]) -> bool:
     """Each case's medians; True when the goals are met."""
     ok = True
-    print("\nmedian of each side's runs; CPU seconds per GiB moved; ratio = fulfiller / that side")
+    print(f"\nmedian of each side's runs; CPU seconds per GiB moved; ratio = fulfiller's MiB/s / that side's; "
+          f"{COPY}: no hashing, the machine's limit")
     for case in cases:
-        fulfiller = case.mibps("fulfiller")
+        fulfiller = case.mibps(FULFILLER)
         print(f"{case.source} {human(case.size)}:")
         for side in case.seconds:
-            ratio = "" if side == "fulfiller" else f"  ratio {fulfiller / case.mibps(side):.2f}"
-            print(f"  {side:<12} {case.mibps(side):6.0f} MiB/s  {case.cpu_per_gib(side):5.2f} CPU-s/GiB{ratio}")
-        print(f"  peak RSS (VmHWM) {case.hwm / 1e6:.1f} MB; SHA-256 alone on one core "
-              f"{statistics.median(case.sha256):.0f} MiB/s")
-        ok &= fulfiller / case.mibps("curl | curl") >= 0.9 and case.hwm < 150e6
-    print("goals, ratio to curl | curl >= 0.9 and VmHWM < 150 MB:", "met" if ok else "NOT met")
+            ratio = "" if side == FULFILLER else f"  ratio {fulfiller / case.mibps(side):.2f}"
+            print(f"  {side:<14} {case.mibps(side):6.0f} MiB/s  {case.cpu_per_gib(side):5.2f} CPU-s/GiB{ratio}")
+        print(f"  overlap, max({COPY}, {HASH}) time / fulfiller time: {case.overlap():.2f} (goal >= {OVERLAP}); "
+              f"CPU / ({COPY} + {HASH}): {case.cpu_over():.2f} (goal <= {CPU_OVER}); "
+              f"peak RSS (VmHWM) {case.hwm / 1e6:.1f} MB")
+        ok &= case.overlap() >= OVERLAP and case.cpu_over() <= CPU_OVER and case.hwm < MAX_HWM
+    for source in dict.fromkeys(case.source for case in cases):
+        peaks = [case.hwm for case in cases if case.source == source]
+        flat = max(peaks) <= min(peaks) * (1 + HWM_SPREAD)
+        print(f"{source}: peak RSS {', '.join(f'{hwm / 1e6:.1f}' for hwm in peaks)} MB across sizes: "
+              f"{'flat' if flat else 'NOT flat'} (within {HWM_SPREAD:.0%})")
+        ok &= flat
+    print(f"goals, overlap >= {OVERLAP}, CPU <= {CPU_OVER}x, VmHWM < {MAX_HWM / 1e6:.0f} MB and flat:",
+          "met" if ok else "NOT met")
     return ok
 
 
@@ -438,9 +359,3 @@ def run(bench_class: Callable[[argparse.Namespace, Path], TransferBench], args: 
     finally:
         bench.close()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["--serve-sink"]:
-        sys.exit("usage: harness.py --serve-sink  (the benchmarks import this module)")
-    serve_sink()

@@ -6,7 +6,10 @@ For each source (local catalog, S3 on a moto server) and each size, a fresh
 * baselines, the same bytes with no logic: ``curl GET | curl PUT`` with a fixed
   Content-Length (the GET of a ``file://`` URL for the local catalog, from the
   same moto server for S3); for the local catalog also ``curl -T file``, the
-  fastest way any program sends a file;
+  fastest way any program sends a file; the Python copy (the file read, or the
+  same GET, fed to a urllib3 PUT, no hashing: the machine's limit for a
+  transfer in Python) and SHA-256 alone over the master's bytes
+  (``baselines.py``);
 * fulfiller: one signed ``video.source_requested`` event, timed from its POST to
   its completion callback (receive, store, claim, resolve, sniff, stream +
   SHA-256, callback).
@@ -28,7 +31,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import Copy, TransferBench, arg_parser, curl_pipe, free_port, run, start_server, timed
+from baselines import curl_pipe, timed
+
+from harness import Copy, TransferBench, arg_parser, free_port, run, start_server
 
 BUCKET = "bench-masters"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -72,6 +77,9 @@ class Bench(TransferBench):
         if source == "local":
             return {"type": "local", "root": str(self.tmp / "masters")}
         return {"type": "s3", "bucket": BUCKET, "region": "us-east-1", "endpoint_url": self.moto}
+
+    def origin(self, source: str, size: int) -> tuple[str, list[str]]:
+        return (self.s3_get(size) if source == "s3" else str(self.master(size))), []
 
     def baselines(self, source: str) -> dict[str, Copy]:
         if source == "s3":

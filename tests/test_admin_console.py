@@ -415,6 +415,7 @@ def test_rerun_a_failed_job_until_it_completes(page: Any, console: Console) -> N
     expect(page.get_by_test_id("expires")).to_contain_text(re.compile(r"\(in \d+ min\)"))
     expect(page.get_by_test_id("source")).to_have_text("local:HRT-2000/v1/en/9x16.mp4")
     expect(page.get_by_test_id("content-type")).to_contain_text("video/mp4")
+    expect(page.get_by_test_id("measured")).to_have_text(re.compile(r"180×320\s*aspect 9x16"))
     size = (MEDIA / "9x16.mp4").stat().st_size
     expect(page.get_by_test_id("bytes")).to_contain_text(f"{size:,} bytes")
     expect(page.get_by_test_id("content-hash")).to_contain_text("sha256:")

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from support.drive_double import DriveDouble, Hit, run_drive_double
 from support.fulfiller_proc import FulfillerProcess, attempts, fast_worker
-from support.masters import media, sha256
+from support.masters import media, moov_at_end, sha256
 from support.netguard import block_network
 from support.platform import PlatformDouble, completion, new_token, run_platform, source_requested, storage_key
 from support.servers import fulfiller_command
@@ -217,6 +217,38 @@ def test_an_image_from_a_shared_drive(stack: Stack) -> None:
     job = stack.run(event)
 
     stack.assert_delivered(job, key, token, media("9x16.jpg"), "image/jpeg", "jpg")
+
+
+def test_a_mislabelled_master_is_never_downloaded_whole_nor_uploaded(stack: Stack) -> None:
+    code = stack.new_code("my")
+    stack.drive.add_file("9x16.mp4", stack.leaf(code), media("cases/mislabelled/9x16.mp4"))  # really square
+    event, key, token = stack.oss(code)
+
+    job = stack.run(event)
+
+    assert job["status"] == "skipped" and job["skip_reason"] == "aspect_mismatch:asked=9x16,measured=1x1"
+    [callback] = stack.platform.callbacks(token)
+    assert callback.body == {"skip": True, "reason": "aspect_mismatch:asked=9x16,measured=1x1"}
+    assert not stack.platform.uploads(key)
+    assert "9x16.mp4 measures 1x1, not 9x16: passed over" in attempts(job, "resolve")[0]["detail"]
+
+
+def test_a_moov_at_the_end_is_measured_with_small_range_reads(stack: Stack) -> None:
+    code = stack.new_code("my")
+    data = moov_at_end(3 * 1024 * 1024)
+    stack.drive.add_file("9x16.mp4", stack.leaf(code), data, mime_type="video/mp4")
+    event, key, token = stack.oss(code)
+    seen = Window(stack.drive)
+
+    job = stack.run(event)
+
+    stack.assert_delivered(job, key, token, data, "video/mp4", "mp4")
+    assert job["measured"] == {"width": 180, "height": 320, "rotation": 0, "aspect": "9x16"}
+    ranges = [h.range for h in seen.hits("media")]
+    # the stream's one whole GET, then the moov's box header and the moov alone
+    assert ranges[0] is None and len(ranges) == 3
+    spans = [tuple(int(n) for n in r.removeprefix("bytes=").split("-")) for r in ranges[1:]]
+    assert sum(end - start + 1 for start, end in spans) < 64 * 1024
 
 
 def test_a_shortcut_is_delivered_as_its_target(stack: Stack) -> None:
@@ -505,12 +537,15 @@ def test_resolve_prints_what_would_be_delivered(stack: Stack) -> None:
     none = fulfiller("resolve", *common, "--aspect", "4x5")
 
     assert oss.returncode == 0, oss.stderr
-    assert oss.stdout.splitlines() == [
+    notes, found = oss.stdout.splitlines()[:1], oss.stdout.splitlines()[1:]
+    assert notes == [f"  note: drive-shared:drive:{code}/v1/en/9x16.mp4 measured 180x320, rotation 0, aspect 9x16"]
+    assert found == [
         "catalog:  drive-shared",
         f"object:   drive:{code}/v1/en/9x16.mp4",
         f"size:     {len(media('9x16_faststart.mp4'))} bytes",
         "type:     video/mp4 (extension mp4)",
         "aspect:   9x16",
+        "measured: 180x320, rotation 0, aspect 9x16",
     ]
     assert afs.returncode == 0, afs.stderr
     assert f"object:   drive:{code}/v1/en/3x4.mov" in afs.stdout.splitlines()

@@ -252,6 +252,47 @@ def test_hybrid_creative_feed_is_delivered_and_story_reel_skipped(stack: Stack) 
     assert steps(story) == ["resolve", "callback"]
 
 
+# -- measured media -------------------------------------------------------------------------
+
+
+def test_the_job_shows_the_measured_picture_of_a_rotated_master(stack: Stack) -> None:
+    code = new_code("S3")
+    data = (MEDIA / "cases" / "rotated_90.mp4").read_bytes()  # coded 320x180, displayed 180x320
+    stack.put_s3_master(code, "9x16.mp4", data)
+    event, key, token = stack.oss(code, "9x16")
+
+    job = stack.run(event)
+
+    stack.assert_delivered(job, key, token, data, "video/mp4", "mp4")
+    assert job["measured"] == {"width": 180, "height": 320, "rotation": 90, "aspect": "9x16"}
+    assert "measured 180x320, rotation 90, aspect 9x16" in attempts(job, "resolve")[0]["detail"]
+
+
+def test_a_mislabelled_master_is_never_uploaded_and_the_skip_says_why(stack: Stack) -> None:
+    code = new_code("S3")
+    stack.put_s3_master(code, "9x16.mp4", (MEDIA / "cases" / "mislabelled" / "9x16.mp4").read_bytes())
+    event, key, token = stack.oss(code, "9x16")
+
+    job = stack.run(event)
+
+    stack.assert_skipped(job, key, token, "aspect_mismatch:asked=9x16,measured=1x1")
+    assert steps(job) == ["resolve", "callback"]
+    assert "9x16.mp4 measures 1x1, not 9x16: passed over" in attempts(job, "resolve")[0]["detail"]
+
+
+def test_afs_passes_a_mislabelled_master_over_for_the_next_accepted_aspect(stack: Stack) -> None:
+    code = new_code("S3")
+    stack.put_s3_master(code, "4x5.mp4", media("1x1.mp4"))  # named 4x5, really square
+    data = media("1x1.mov")
+    stack.put_s3_master(code, "1x1.mov", data)
+    event, key, token = stack.afs(code, "feed")
+
+    job = stack.run(event)
+
+    stack.assert_delivered(job, key, token, data, "video/quicktime", "mov", aspect="1x1")
+    assert job["measured"]["aspect"] == "1x1"
+
+
 # -- skips ----------------------------------------------------------------------------------
 
 

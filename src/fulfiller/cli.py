@@ -209,6 +209,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return asyncio.run(probe(args.files, args.json, print))
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from fulfiller.ops.audit import audit
+
+    return asyncio.run(audit(_config(args), args.catalog, args.code, args.json, print, sys.stderr))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fulfiller.ops.demo import run_demo
 
@@ -296,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("probe", cmd_probe, "measure media files: format, size, rotation, display aspect", config=False)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = add("audit", cmd_audit, "walk a catalog, measure every master, report what each creative can deliver")
+    p.add_argument("--catalog", metavar="NAME", help="the catalog to walk (default: every configured one)")
+    p.add_argument("--code", metavar="GLOB", help="only creatives whose code matches this glob")
+    p.add_argument("--json", action="store_true", help="a JSON document for scripts")
     p = add("demo", cmd_demo, "run the whole loop locally with sample masters", config=False)
     p.add_argument("--keep", action="store_true", help="keep the demo's working folder")
     return parser

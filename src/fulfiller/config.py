@@ -179,6 +179,8 @@ class WorkerConfig(_Strict):
     http_timeout_s: float = Field(60.0, gt=0, description="connect/read/write timeout for uploads and callbacks")
     negative_ack_failures: bool = Field(
         False, description="on failed/invalid, also send the platform a skip so the import resumes at once")
+    check_aspect: bool = Field(
+        True, description="measure each master; never deliver one whose picture is not the aspect it is delivered as")
 
 
 def _check_layout(v: str) -> str:

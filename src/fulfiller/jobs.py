@@ -132,6 +132,7 @@ class Job:
     retries: int = 0  # tries in a row that failed transiently: the backoff before the next one grows with it
     callback_body: str | None = None  # JSON of the callback to send, kept once the upload is done (or the skip chosen)
     callback_unanswered: bool = False  # a callback try may have reached the platform though its answer was lost
+    measured: dict[str, Any] | None = None  # the master's picture: width, height, rotation, aspect (SPEC)
     attempts: list[Attempt] = field(default_factory=list)
 
     def waiting(self, now: float | None = None) -> bool:
@@ -159,6 +160,7 @@ class Job:
             "content_hash": self.content_hash,
             "bytes": self.bytes,
             "source": self.source,
+            "measured": self.measured,
             "skip_reason": self.skip_reason,
             "error": self.error,
             "lifecycle_reason": self.lifecycle_reason,

@@ -33,18 +33,3 @@ def split_extension(name: str, kind: str) -> tuple[str, str] | None:
         return None
     ext = ext.lower()
     return (stem, ext) if ext in EXTENSIONS[kind] else None
-
-
-def rank(names: list[str], stem: str, kind: str) -> list[str]:
-    """Names whose stem is ``stem`` (case blind) with an extension allowed for ``kind``, best first.
-
-    Best is the kind's extension order, then the name itself, so two replicas
-    looking at the same folder always pick the same file.
-    """
-    order = EXTENSIONS[kind]
-    hits = []
-    for name in names:
-        parts = split_extension(name, kind)
-        if parts and parts[0].lower() == stem.lower():
-            hits.append((order.index(parts[1]), name))
-    return [name for _, name in sorted(hits)]

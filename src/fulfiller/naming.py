@@ -5,7 +5,7 @@ FINAL.mov``, not ``9x16.mp4``, so the layout's last segment is a pattern (SPEC,
 "Real catalogs are messy"): ``*`` and ``?`` glob within the name, ``{aspect}``
 matches an aspect in any spelling ``measure.aspect.spelled_aspect`` reads, and
 the extension is any the request's kind allows. Matching is case blind and its
-order deterministic (``media.rank``'s: extension preference, then name), so
+order deterministic (the kind's extension preference, then the name), so
 replicas looking at one folder pick the same file.
 
 The caller fills every other placeholder first, passing each value through

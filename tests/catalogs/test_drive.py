@@ -23,7 +23,7 @@ from fulfiller.catalogs.drive import DriveCatalog
 from fulfiller.catalogs.drive_api import DriveApi, load_credentials
 from fulfiller.catalogs.drive_folders import DriveFolders
 from fulfiller.config import DEFAULT_LAYOUT, DriveCatalogConfig
-from support.drive_double import DriveDouble, run_drive_double
+from support.drive_double import DriveDouble
 from support.masters import FIELDS, MEDIA, MP4
 from support.netguard import NetworkBlocked, block_network
 
@@ -36,39 +36,6 @@ BLOB = random.Random(7).randbytes(5 * 1024 * 1024 + 123)
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     block_network(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def served_drive() -> Iterator[DriveDouble]:
-    with run_drive_double() as double:
-        yield double
-
-
-@pytest.fixture
-def drive(served_drive: DriveDouble) -> DriveDouble:
-    served_drive.reset()
-    return served_drive
-
-
-@pytest.fixture
-async def catalog_for(drive: DriveDouble, tmp_path: Path) -> AsyncIterator[Callable[..., DriveCatalog]]:
-    """Make catalogs on the double; each has its own credentials."""
-    key_file = drive.write_service_account(tmp_path)
-    made: list[DriveCatalog] = []
-
-    def make(root: str, **kw: Any) -> DriveCatalog:
-        options: dict[str, Any] = {
-            "layout": DEFAULT_LAYOUT,
-            "api_endpoint": drive.api_endpoint,
-            **kw,
-        }
-        catalog = DriveCatalog("masters-drive", root, load_credentials(str(key_file)), **options)
-        made.append(catalog)
-        return catalog
-
-    yield make
-    for catalog in made:
-        await catalog.aclose()
 
 
 async def read_all(catalog: DriveCatalog, master: Master, **kw: Any) -> bytes:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
+from fulfiller.catalogs.base import CatalogError, CatalogUnavailable, Listing, Listings
 from fulfiller.catalogs.local import LocalCatalog
 from fulfiller.catalogs.registry import build_catalog
 from fulfiller.config import DEFAULT_LAYOUT, LocalCatalogConfig
@@ -171,3 +171,67 @@ async def test_probe_of_a_root_that_is_not_a_folder_fails_naming_it(tmp_path: Pa
     with pytest.raises(CatalogError) as info:
         await catalog(tmp_path / root).probe()
     assert str(info.value) == f"catalog disk: cannot list root folder {tmp_path.resolve() / root}: {says}"
+
+
+# -- messy names, folder listings, range reads ------------------------------------------------------
+
+
+async def test_messy_names_are_matched_by_the_layouts_pattern(
+    tmp_path: Path, messy_files: dict[str, bytes], messy_case: tuple[str, str, list[tuple[str, str | None]]]
+) -> None:
+    for path, data in messy_files.items():
+        put(tmp_path, path, data)
+    layout, aspect, found = messy_case
+
+    masters = await catalog(tmp_path, layout).find({**FIELDS, "code": "HRT-1212", "aspect": aspect}, "video")
+
+    assert [(m.name, m.named_aspect) for m in masters] == found
+    for m in masters:
+        assert (m.object, m.size) == (f"HRT-1212/{m.name}", len(messy_files[m.object]))
+
+
+async def test_list_folder_gives_files_with_sizes_and_subfolders(tmp_path: Path, messy_files: dict[str, bytes]) -> None:
+    for path, data in messy_files.items():
+        put(tmp_path, path, data)
+    cat = catalog(tmp_path)
+
+    listing = await cat.list_folder(["HRT-1212"])
+
+    direct = sorted(path for path in messy_files if path.count("/") == 1)
+    assert [m.object for m in listing.files] == direct
+    assert [m.size for m in listing.files] == [len(messy_files[path]) for path in direct]
+    assert all(Path(m.ref) == tmp_path.resolve() / m.object for m in listing.files)
+    assert listing.folders == ["old"]
+    assert await cat.list_folder([]) == Listing([], ["HRT-1212"])
+    assert await cat.list_folder(["HRT-1212", "missing"]) == Listing()
+    assert await cat.list_folder(["HRT-1212", "notes.txt"]) == Listing()  # a file, not a folder
+    assert await cat.list_folder([".."]) == Listing()
+
+
+async def test_a_resolve_lists_its_folder_once_for_every_aspect(tmp_path: Path) -> None:
+    for aspect in ("9x16", "4x5", "1x1"):
+        put(tmp_path, f"HRT-001/v2/en_US/{aspect}.mp4")
+    cat = catalog(tmp_path)
+    listings = Listings()
+
+    [first] = await cat.find({**FIELDS, "aspect": "4x5"}, "video", listings)
+    # The folder goes away: only the listing already made can still answer.
+    (tmp_path / "HRT-001/v2/en_US").rename(tmp_path / "moved")
+    later = [await cat.find({**FIELDS, "aspect": aspect}, "video", listings) for aspect in ("1x1", "9x16")]
+
+    assert [first.name] + [m.name for [m] in later] == ["4x5.mp4", "1x1.mp4", "9x16.mp4"]
+    assert await cat.find({**FIELDS, "aspect": "9x16"}, "video") == []  # a new resolve lists again
+
+
+async def test_read_range_reads_exactly_the_range_asked(tmp_path: Path) -> None:
+    data = put(tmp_path, "HRT-001/v2/en_US/9x16.mp4")
+    cat = catalog(tmp_path)
+    [master] = await cat.find(FIELDS, "video")
+
+    assert await cat.read_range(master, 0, 16) == data[:16]
+    assert await cat.read_range(master, 1000, 4096) == data[1000:5096]
+    assert await cat.read_range(master, len(data) - 10, 100) == data[-10:]  # short at the end
+    assert await cat.read_range(master, len(data) + 5, 100) == b""
+    Path(master.ref).unlink()
+    with pytest.raises(CatalogError, match="vanished"):
+        await cat.read_range(master, 0, 16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
+from fulfiller.catalogs.base import CatalogError, CatalogUnavailable, Listing, Listings, Master
 from fulfiller.catalogs.registry import build_catalog
 from fulfiller.catalogs.s3 import S3Catalog
 from fulfiller.config import DEFAULT_LAYOUT, S3CatalogConfig
@@ -86,9 +87,9 @@ async def test_wrong_kind_subfolders_and_markers_are_ignored(moto_endpoint: str,
 async def test_keys_needing_url_encoding(moto_endpoint: str, s3: Any, bucket: str) -> None:
     key = "Été 2024+HRT/v2/en_US/9x16 final.mp4"
     s3.put_object(Bucket=bucket, Key=key, Body=MP4)
-    fields = {**FIELDS, "code": "Été 2024+HRT", "aspect": "9x16 final"}
+    fields = {**FIELDS, "code": "Été 2024+HRT"}
 
-    cat = catalog(moto_endpoint, bucket)
+    cat = catalog(moto_endpoint, bucket, layout="{code}/v{variation}/{locale}/{aspect} final")
     [master] = await cat.find(fields, "video")
 
     assert master.ref == key
@@ -239,4 +240,91 @@ async def test_probe_of_an_unreachable_endpoint_fails(closed_port: int) -> None:
     cat = catalog(f"http://127.0.0.1:{closed_port}", "masters")
     with pytest.raises(CatalogUnavailable, match="list the root in bucket 'masters'"):
         await cat.probe()
+    await cat.aclose()
+
+
+# -- messy names, folder listings, range reads ------------------------------------------------------
+
+
+def listings_of(caplog: pytest.LogCaptureFixture, bucket: str) -> list[str]:
+    """The ListObjectsV2 requests moto's server logged for ``bucket``."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "werkzeug" and f"/{bucket}?list-type=2" in r.getMessage()]
+
+
+async def test_messy_names_are_matched_by_the_layouts_pattern(
+    moto_endpoint: str, s3: Any, bucket: str, messy_files: dict[str, bytes],
+    messy_case: tuple[str, str, list[tuple[str, str | None]]],
+) -> None:
+    for key, data in messy_files.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    layout, aspect, found = messy_case
+
+    masters = await catalog(moto_endpoint, bucket, layout=layout).find(
+        {**FIELDS, "code": "HRT-1212", "aspect": aspect}, "video")
+
+    assert [(m.name, m.named_aspect) for m in masters] == found
+    for m in masters:
+        assert (m.object, m.size) == (f"s3://{bucket}/{m.ref}", len(messy_files[m.ref]))
+        assert m.version == hashlib.md5(messy_files[m.ref]).hexdigest()
+
+
+async def test_list_folder_gives_objects_with_sizes_and_subfolders(
+    moto_endpoint: str, s3: Any, bucket: str, messy_files: dict[str, bytes]
+) -> None:
+    for key, data in messy_files.items():
+        s3.put_object(Bucket=bucket, Key=f"masters/{key}", Body=data)
+    s3.put_object(Bucket=bucket, Key="masters/HRT-1212/empty/", Body=b"")  # a folder marker some tools make
+    cat = catalog(moto_endpoint, bucket, prefix="masters")
+
+    listing = await cat.list_folder(["HRT-1212"])
+
+    direct = sorted(key for key in messy_files if key.count("/") == 1)
+    assert [m.ref for m in listing.files] == [f"masters/{key}" for key in direct]
+    assert [m.size for m in listing.files] == [len(messy_files[key]) for key in direct]
+    assert listing.folders == ["empty", "old"]
+    assert await cat.list_folder([]) == Listing([], ["HRT-1212"])
+    assert await cat.list_folder(["HRT-1212", "empty"]) == Listing()
+    assert await cat.list_folder(["HRT-404"]) == Listing()
+
+
+async def test_a_resolve_lists_its_prefix_once_for_every_aspect(
+    moto_endpoint: str, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    for aspect in ("9x16", "4x5", "1x1"):
+        s3.put_object(Bucket=bucket, Key=f"{FOLDER}{aspect}.mp4", Body=MP4)
+    cat = catalog(moto_endpoint, bucket)
+    listings = Listings()
+
+    found = [await cat.find({**FIELDS, "aspect": aspect}, "video", listings) for aspect in ("4x5", "1x1", "9x16")]
+
+    assert [m.name for [m] in found] == ["4x5.mp4", "1x1.mp4", "9x16.mp4"]
+    assert len(listings_of(caplog, bucket)) == 1
+    await cat.find(FIELDS, "video")  # another resolve
+    assert len(listings_of(caplog, bucket)) == 2
+
+
+async def test_read_range_gets_only_the_range_of_the_version_found(moto_endpoint: str, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=MP4)
+    cat = catalog(moto_endpoint, bucket)
+    [master] = await cat.find(FIELDS, "video")
+
+    assert await cat.read_range(master, 0, 16) == MP4[:16]
+    assert await cat.read_range(master, 1000, 4096) == MP4[1000:5096]
+    assert await cat.read_range(master, len(MP4) - 10, 100) == MP4[-10:]  # short at the end
+    assert await cat.read_range(master, len(MP4), 100) == b""
+    s3.put_object(Bucket=bucket, Key=FOLDER + "9x16.mp4", Body=b"a newer master, not measured as the old")
+    with pytest.raises(CatalogUnavailable, match="changed since it was listed"):
+        await cat.read_range(master, 0, 16)
+    s3.delete_object(Bucket=bucket, Key=FOLDER + "9x16.mp4")
+    with pytest.raises(CatalogError, match="vanished"):
+        await cat.read_range(master, 0, 16)
+
+
+async def test_read_range_of_an_unreachable_store_is_unavailable(closed_port: int) -> None:
+    cat = catalog(f"http://127.0.0.1:{closed_port}", "masters")
+    master = Master("bucket", "s3://masters/k.mp4", "k.mp4", 100, ref="k.mp4")
+    with pytest.raises(CatalogUnavailable, match="read s3://masters/k.mp4"):
+        await cat.read_range(master, 0, 16)
     await cat.aclose()

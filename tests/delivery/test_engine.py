@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Listing, Master
 from fulfiller.config import Config, parse_config
 from fulfiller.delivery.engine import Engine
 from fulfiller.delivery.resolve import Catalogs
@@ -54,21 +54,21 @@ class MemoryCatalog(Catalog):
     def __init__(self, name: str, layout: str, files: dict[str, bytes]):
         super().__init__(name, layout)
         self.files = files
-        self.asked: list[str] = []  # every folder/stem looked up
+        self.asked: list[str] = []  # every folder listed
         self.streams = 0  # streams opened
         self.find_failures: list[Exception] = []  # raised by the next lookups, in turn
         self.stream_failures: list[Exception] = []  # raised by the next streams after their first chunk
 
-    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
-        path = "/".join([*folders, stem])
-        self.asked.append(path)
+    async def list_in(self, folders: list[str]) -> Listing:
+        folder = "/".join(folders)
+        self.asked.append(folder)
         if self.find_failures:
             raise self.find_failures.pop(0)
-        return [
-            Master(self.name, key, key.rsplit("/", 1)[-1], len(data), ref=key)
-            for key, data in sorted(self.files.items())
-            if key.rsplit(".", 1)[0] == path
-        ]
+        return Listing(files=[Master(self.name, key, key.rsplit("/", 1)[-1], len(data), ref=key)
+                              for key, data in sorted(self.files.items()) if key.rsplit("/", 1)[0] == folder])
+
+    async def read_range(self, master: Master, offset: int, length: int) -> bytes:
+        return self.files[master.ref][offset:offset + length]
 
     async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         self.streams += 1
@@ -313,7 +313,7 @@ async def test_nothing_in_the_catalog_is_a_no_match_skip(h: Harness) -> None:
     assert status == Status.SKIPPED and stored.status == Status.SKIPPED
     assert stored.skip_reason == "no_match:aspect=9x16" and stored.error is None
     assert steps(stored) == [("resolve", None), ("callback", 200)]
-    assert h.catalog.asked == ["HRT-1/v2/en/9x16"]
+    assert h.catalog.asked == ["HRT-1/v2/en"]
     assert h.uploader.puts == []
     assert h.peer.bodies == [{"skip": True, "reason": "no_match:aspect=9x16"}]
 
@@ -671,7 +671,7 @@ async def test_a_retried_upload_resolves_the_master_again(h: Harness) -> None:
     assert status == Status.COMPLETED
     assert steps(stored) == [("resolve", None), ("upload", 503), ("resolve", None), ("upload", 200),
                              ("callback", 200)]
-    assert h.catalog.asked == ["HRT-1/v2/en/9x16", "HRT-1/v2/en/9x16"]
+    assert h.catalog.asked == ["HRT-1/v2/en", "HRT-1/v2/en"]
     assert stored.source == f"{CATALOG}:HRT-1/v2/en/9x16.mp4"
     assert h.uploader.puts[-1].body == replaced and stored.content_hash == sha256_of(replaced)
     assert h.peer.bodies == [{"storageKey": job.storage_key, "extension": "mp4", "contentHash": sha256_of(replaced)}]
@@ -687,7 +687,7 @@ async def test_a_callback_retried_after_the_upload_sends_the_same_body_without_u
     assert status == Status.COMPLETED and stored.runs == 3
     assert steps(stored) == [("resolve", None), ("upload", 200), ("callback", 503), ("callback", 503),
                              ("callback", 200)]
-    assert len(h.uploader.puts) == 1 and h.catalog.asked == ["HRT-1/v2/en/4x5"]
+    assert len(h.uploader.puts) == 1 and h.catalog.asked == ["HRT-1/v2/en"]
     first = {"storageKey": job.storage_key, "aspectRatio": "4x5", "extension": "mp4",
              "contentHash": sha256_of(MP4_4X5)}
     assert h.peer.bodies == [first, first, first]

@@ -11,61 +11,30 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import urllib3
 from google.auth.credentials import Credentials
 
 from fulfiller.bulkhttp import release
-from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Listing, Master, Source, SourceStream
 from fulfiller.catalogs.drive_api import (
-    FOLDER,
     GOOGLE_NATIVE,
     SHORTCUT,
     DriveApi,
     NotFound,
+    is_folder,
     load_credentials,
     quote,
 )
 from fulfiller.catalogs.drive_folders import DriveFolders
 from fulfiller.config import DriveCatalogConfig
-from fulfiller.media import rank
+from fulfiller.media import KINDS, split_extension
 
 log = logging.getLogger(__name__)
 
 # What finding a master reads of each file: a shortcut's target, the sort of same-named files, the checksums.
 FILE_FIELDS = "id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime,trashed,shortcutDetails"
-
-
-class _Digest:
-    """MD5 of a stream, computed in a worker thread while the stream goes on.
-
-    hashlib releases the GIL on large buffers, so hashing one chunk overlaps
-    receiving the next and uploading this one; updates stay in order because
-    each waits for the one before. Small chunks are hashed in place.
-    """
-
-    _THREAD_MIN = 256 * 1024
-
-    def __init__(self) -> None:
-        self._md5 = hashlib.md5()
-        self._pending: asyncio.Future[None] | None = None
-
-    async def update(self, chunk: bytes) -> None:
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
-        if len(chunk) < self._THREAD_MIN:
-            self._md5.update(chunk)
-        else:
-            self._pending = asyncio.get_running_loop().run_in_executor(None, self._md5.update, chunk)
-
-    async def hexdigest(self) -> str:
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
-        return self._md5.hexdigest()
 
 
 class DriveCatalog(Catalog):
@@ -108,43 +77,42 @@ class DriveCatalog(Catalog):
 
     # -- finding -------------------------------------------------------------------------
 
-    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
+    async def list_in(self, folders: list[str]) -> Listing:
         path = tuple(folders)
         was_cached = self._folders.cached(path) is not None
-        masters = await self._look_in(path, stem, kind)
-        if not masters and was_cached:
+        listing = await self._list(path)
+        if was_cached and not (listing.files or listing.folders):
             # A cached folder id may be stale (folder deleted and recreated): look once more, afresh.
             self._folders.forget(path)
-            masters = await self._look_in(path, stem, kind)
-        return masters
+            listing = await self._list(path)
+        return listing
 
-    async def _look_in(self, path: tuple[str, ...], stem: str, kind: str) -> list[Master]:
+    async def _list(self, path: tuple[str, ...]) -> Listing:
+        """The folder's children in one listing (paged): files and folders alike."""
         try:
             folder = await self._folders.find(path)
             if folder is None:
-                return []
-            q = f"{quote(folder.id)} in parents and trashed = false and mimeType != '{FOLDER}'"
-            items = await self._api.list(q, folder, FILE_FIELDS)
+                return Listing()
+            items = await self._api.list(f"{quote(folder.id)} in parents and trashed = false", folder, FILE_FIELDS)
         except NotFound:
-            return []
-        by_name: dict[str, list[dict[str, Any]]] = {}
-        for item in items:
-            by_name.setdefault(item["name"], []).append(item)
-        masters: list[Master] = []
-        for name in rank(list(by_name), stem, kind):
-            # Drive allows one name twice in a folder: newest first, then by id, so replicas agree.
-            same = sorted(by_name[name], key=lambda i: i["id"])
-            same.sort(key=lambda i: i.get("modifiedTime", ""), reverse=True)
-            for item in same:
-                master = await self._master(item, path)
-                if master is not None:
-                    masters.append(master)
-        return masters
+            return Listing()
+        subfolders = {item["name"] for item in items if is_folder(item)}
+        # Drive allows one name twice in a folder: by name, then newest first, then by id, so replicas agree.
+        files = sorted((item for item in items if not is_folder(item)), key=lambda i: i["id"])
+        files.sort(key=lambda i: i.get("modifiedTime", ""), reverse=True)
+        files.sort(key=lambda i: i["name"])
+        masters = [await self._master(item, path) for item in files]
+        return Listing([m for m in masters if m is not None], sorted(subfolders))
 
     async def _master(self, item: dict[str, Any], path: tuple[str, ...]) -> Master | None:
-        """The Master for a listed item: shortcuts followed; trashed and Google-native files skipped."""
+        """The Master for a listed item: shortcuts followed; trashed and Google-native files skipped.
+
+        A shortcut is followed (a request each) only when its name is a media file's: nothing else is a master.
+        """
         name = item["name"]
         if item.get("mimeType") == SHORTCUT:
+            if not any(split_extension(name, kind) for kind in KINDS):
+                return None
             try:
                 item = await self._api.get(item["shortcutDetails"]["targetId"], FILE_FIELDS)
             except NotFound:
@@ -175,18 +143,33 @@ class DriveCatalog(Catalog):
             f"{count} items visible to {self._api.principal}"
         )
 
+    # -- measuring -----------------------------------------------------------------------
+
+    async def read_range(self, master: Master, offset: int, length: int) -> bytes:
+        """One ranged media download, failing as downloads do (downloadQuotaExceeded: CatalogError;
+        throttling and outages: CatalogUnavailable with Drive's Retry-After)."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"offset and length must be >= 0, got {offset} and {length}")
+        if length == 0 or offset >= master.size:
+            return b""  # a range past the end is a 416: nothing to ask
+        return await asyncio.to_thread(self._read_range, master, offset, offset + length - 1)
+
+    def _read_range(self, master: Master, first: int, last: int) -> bytes:
+        what = f"read {master.object}"
+        try:
+            response = self._api.open_media(master.ref, first, what, end=last)
+        except NotFound:
+            raise CatalogUnavailable(f"drive: {what} ({master.ref}): it vanished since it was found (404)") from None
+        try:
+            return response.read(decode_content=False)  # no more than the range
+        except urllib3.exceptions.HTTPError as exc:  # a short body, a reset, a read timeout
+            raise CatalogUnavailable(f"drive: {what}: {exc!r}") from exc
+        finally:
+            release(response)
+
     # -- streaming -----------------------------------------------------------------------
 
-    async def _open(self, master: Master, start: int) -> urllib3.HTTPResponse:
-        try:
-            return await self._api.open_media(master.ref, start, f"download {master.object}")
-        except NotFound:
-            # It was there when found; the job's next attempt will look again and skip if it is gone.
-            raise CatalogUnavailable(
-                f"drive: {master.object} ({master.ref}) vanished since it was found (404)"
-            ) from None
-
-    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+    def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> SourceStream:
         """The bytes from ``start``; a cut connection resumes by Range, up to ``max_resumes`` times.
 
         A whole-file stream (``start == 0``) of a file without a sha256Checksum is
@@ -195,40 +178,87 @@ class DriveCatalog(Catalog):
         SHA-256, the upload checks that instead, on the hash it computes anyway:
         MD5 would cost a second pass over every byte for a weaker check.
         """
-        digest = _Digest() if start == 0 and master.md5 and not master.sha256 else None
-        offset, resumes = start, 0
-        while offset < master.size:
-            response = await self._open(master, offset)
-            cause = "the body ended early"
+        return SourceStream(lambda: asyncio.to_thread(self._source, master, start), chunk_size)
+
+    def _source(self, master: Master, start: int) -> _MediaSource:
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        source = _MediaSource(self._api, master, start, self._max_resumes)
+        source.connect()
+        return source
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+
+class _MediaSource(Source):
+    """One file's bytes from ``start``, over as many GETs as cuts need (each resuming by Range).
+
+    Whole chunks come straight from the socket: far less CPU per byte than an
+    event-loop HTTP client's 64 KiB reads. A cut connection first hands over the
+    bytes that did arrive, then raises, so the resume asks only for what is
+    missing. The MD5, when it is the check, is computed as the bytes are read:
+    it is the rare file Drive has no SHA-256 for.
+    """
+
+    def __init__(self, api: DriveApi, master: Master, start: int, max_resumes: int):
+        self._api, self._master, self._max_resumes = api, master, max_resumes
+        self._offset, self._resumes = start, 0
+        self._md5 = hashlib.md5() if start == 0 and master.md5 and not master.sha256 else None
+        self._response: urllib3.HTTPResponse | None = None
+        self._cause = "the body ended early"
+
+    def connect(self) -> None:
+        """Open the GET from the current offset (none is needed at the end)."""
+        if self._offset >= self._master.size:
+            return
+        try:
+            self._response = self._api.open_media(self._master.ref, self._offset, f"download {self._master.object}")
+        except NotFound:
+            # It was there when found; the job's next attempt will look again and skip if it is gone.
+            raise CatalogUnavailable(
+                f"drive: {self._master.object} ({self._master.ref}) vanished since it was found (404)"
+            ) from None
+
+    def readinto(self, buffer: memoryview) -> int:
+        master = self._master
+        while self._response is not None:
             try:
-                # Whole chunks straight from the socket in a worker thread: far less CPU per byte
-                # than an event-loop HTTP client's 64 KiB reads. A cut connection first hands over
-                # the bytes that did arrive, then raises, so the resume asks only for what is missing.
-                while chunk := await asyncio.to_thread(response.read, chunk_size, decode_content=False):
-                    offset += len(chunk)
-                    if digest is not None:
-                        await digest.update(chunk)
-                    yield chunk
+                data = self._response.read(len(buffer), decode_content=False)
             except urllib3.exceptions.HTTPError as exc:  # a short body, a reset, a read timeout
-                cause = repr(exc)
-            finally:
-                await asyncio.to_thread(release, response)
-            if offset >= master.size:
+                data, self._cause = b"", repr(exc)
+            if data:
+                buffer[: len(data)] = data
+                self._offset += len(data)
+                if self._md5 is not None:
+                    self._md5.update(data)
+                return len(data)
+            release(self._response)
+            self._response = None
+            if self._offset >= master.size:
                 break
-            resumes += 1
-            if resumes > self._max_resumes:
+            self._resumes += 1
+            if self._resumes > self._max_resumes:
                 raise CatalogUnavailable(
-                    f"drive: download of {master.object} cut {resumes} times"
-                    f" (at byte {offset} of {master.size}): {cause}"
+                    f"drive: download of {master.object} cut {self._resumes} times"
+                    f" (at byte {self._offset} of {master.size}): {self._cause}"
                 )
-            log.warning("drive: download of %s cut at byte %d (%s); resuming", master.object, offset, cause)
-        if offset != master.size:
-            raise CatalogError(f"drive: {master.object} sent {offset} bytes, but Drive lists its size as {master.size}")
-        md5 = await digest.hexdigest() if digest is not None else master.md5
+            log.warning("drive: download of %s cut at byte %d (%s); resuming", master.object, self._offset,
+                        self._cause)
+            self._cause = "the body ended early"
+            self.connect()
+        if self._offset != master.size:
+            raise CatalogError(
+                f"drive: {master.object} sent {self._offset} bytes, but Drive lists its size as {master.size}"
+            )
+        md5 = self._md5.hexdigest() if self._md5 is not None else master.md5
         if md5 != master.md5:
             raise CatalogError(
                 f"drive: md5 mismatch for {master.object}: Drive lists {master.md5}, the bytes received hash to {md5}"
             )
+        return 0
 
-    async def aclose(self) -> None:
-        await self._api.aclose()
+    def close(self) -> None:
+        if self._response is not None:
+            release(self._response)
+            self._response = None

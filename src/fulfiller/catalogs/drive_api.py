@@ -75,6 +75,11 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def is_folder(item: dict[str, Any]) -> bool:
+    """A listed item that is a folder, or a shortcut to one (walks follow those as folders)."""
+    return FOLDER in (item.get("mimeType"), item.get("shortcutDetails", {}).get("targetMimeType"))
+
+
 def load_credentials(credentials_file: str) -> Credentials:
     """A service account's key file, else application default credentials.
 
@@ -152,7 +157,7 @@ class DriveApi:
         )
         self._local = threading.local()  # httplib2 is not thread-safe: one authorised Http per worker thread
         self._pool = BulkHttp(timeout_s, _MAX_DOWNLOADS, redirects=5)
-        self._auth_lock = asyncio.Lock()
+        self._auth_lock = threading.Lock()  # one token refresh at a time, whichever thread downloads
 
     @property
     def principal(self) -> str:
@@ -222,48 +227,50 @@ class DriveApi:
 
     # -- media ---------------------------------------------------------------------------
 
-    async def _auth_headers(self, rejected: str | None = None) -> dict[str, str]:
-        """Authorization for a download; refreshes (off the loop) when stale or when ``rejected`` was refused."""
-        async with self._auth_lock:
+    def _auth_headers(self, rejected: str | None = None) -> dict[str, str]:
+        """Authorization for a download; refreshes when stale or when ``rejected`` was refused. Blocking."""
+        with self._auth_lock:
             creds = self._credentials
             if not creds.valid or (rejected is not None and creds.token == rejected):
                 request = google_auth_httplib2.Request(httplib2.Http(timeout=self._timeout_s))
                 try:
-                    await asyncio.to_thread(creds.refresh, request)
+                    creds.refresh(request)
                 except (RefreshError, TransportError) as exc:
                     raise _auth_failure(exc, "download") from exc
             headers: dict[str, str] = {}
             creds.apply(headers)
             return headers
 
-    async def open_media(self, file_id: str, start: int, what: str) -> urllib3.HTTPResponse:
-        """One GET of the file's bytes from ``start`` on: an open response (200, or 206 when ranged).
+    def open_media(self, file_id: str, start: int, what: str, end: int | None = None) -> urllib3.HTTPResponse:
+        """One GET of the file's bytes from ``start`` on (to ``end`` included, when given): an open response
+        (200, or 206 when ranged).
 
-        The caller reads it and hands it to ``fulfiller.bulkhttp.release``.
+        Blocking: called from a worker thread, or from the thread reading a
+        download when it resumes. The caller reads the response and hands it to
+        ``fulfiller.bulkhttp.release``.
         """
         url = f"{self._endpoint}files/{file_id}?alt=media&supportsAllDrives=true"
         # identity: byte offsets, Range and the md5 all refer to the stored bytes, never to a compressed form.
         extra = {"Accept-Encoding": "identity"}
-        if start:
-            extra["Range"] = f"bytes={start}-"
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end}"
 
         def get(headers: dict[str, str]) -> urllib3.HTTPResponse:
             return self._pool.request(
                 "GET", url, headers={**headers, **extra}, preload_content=False, decode_content=False
             )
 
-        headers = await self._auth_headers()
+        headers = self._auth_headers()
         try:
-            response = await asyncio.to_thread(get, headers)
+            response = get(headers)
             if response.status == 401:
-                await asyncio.to_thread(release, response)
-                headers = await self._auth_headers(rejected=headers.get("authorization", "").removeprefix("Bearer "))
-                response = await asyncio.to_thread(get, headers)
-            if response.status == 206 or (response.status == 200 and not start):
+                release(response)
+                response = get(self._auth_headers(rejected=headers.get("authorization", "").removeprefix("Bearer ")))
+            if response.status == 206 or (response.status == 200 and "Range" not in extra):
                 return response
             # never pull a whole file here
-            body = b"" if response.status == 200 else await asyncio.to_thread(response.read, decode_content=False)
-            await asyncio.to_thread(release, response)
+            body = b"" if response.status == 200 else response.read(decode_content=False)
+            release(response)
         except urllib3.exceptions.HTTPError as exc:
             raise CatalogUnavailable(f"drive: {what}: {exc!r}") from exc
         if response.status == 200:

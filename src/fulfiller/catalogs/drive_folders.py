@@ -14,7 +14,7 @@ from collections import OrderedDict
 from functools import partial
 
 from fulfiller.catalogs.base import CatalogError
-from fulfiller.catalogs.drive_api import FOLDER, SHORTCUT, DriveApi, Folder, NotFound, quote
+from fulfiller.catalogs.drive_api import FOLDER, SHORTCUT, DriveApi, Folder, NotFound, is_folder, quote
 
 
 class DriveFolders:
@@ -93,10 +93,7 @@ class DriveFolders:
         q = f"{quote(parent.id)} in parents and name = {quote(path[-1])} and trashed = false"
         items = await self._api.list(q, parent, "id,name,mimeType,driveId,shortcutDetails")
         # Real folders before shortcuts to folders, then by id: a stable pick among same-named folders.
-        candidates = sorted(
-            (i for i in items if FOLDER in (i.get("mimeType"), i.get("shortcutDetails", {}).get("targetMimeType"))),
-            key=lambda i: (i.get("mimeType") != FOLDER, i["id"]),
-        )
+        candidates = sorted((i for i in items if is_folder(i)), key=lambda i: (i.get("mimeType") != FOLDER, i["id"]))
         for item in candidates:
             if item["mimeType"] == SHORTCUT:
                 try:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import BinaryIO
 
-from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Listing, Master, Source, SourceStream
 from fulfiller.config import LocalCatalogConfig
-from fulfiller.media import rank
 
 # Errors that say one path cannot name anything here (missing, a file where a folder should be, too long,
 # a symbolic link loop, a name this file system cannot hold), not that the disk is unwell: nothing found.
@@ -37,22 +35,25 @@ class LocalCatalog(Catalog):
         """The catalog ``cfg`` describes; a relative root is taken from the current directory."""
         return cls(name, cfg.layout, Path(cfg.root))
 
-    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
+    async def list_in(self, folders: list[str]) -> Listing:
         folder = self.root.joinpath(*folders)
-        entries = await asyncio.to_thread(self._list_files, folder)
-        return [
-            Master(
-                catalog=self.name,
-                object=(folder / name).relative_to(self.root).as_posix(),
-                name=name,
-                size=entries[name],
-                ref=str(folder / name),
-            )
-            for name in rank(list(entries), stem, kind)
-        ]
+        files, subfolders = await asyncio.to_thread(self._scan, folder)
+        return Listing(
+            [
+                Master(
+                    catalog=self.name,
+                    object=(folder / name).relative_to(self.root).as_posix(),
+                    name=name,
+                    size=files[name],
+                    ref=str(folder / name),
+                )
+                for name in sorted(files)
+            ],
+            sorted(subfolders),
+        )
 
-    def _list_files(self, folder: Path) -> dict[str, int]:
-        """Regular files directly in ``folder`` with their sizes; {} when the folder is missing."""
+    def _scan(self, folder: Path) -> tuple[dict[str, int], list[str]]:
+        """Regular files directly in ``folder`` with their sizes, and its subfolders; nothing when it is missing."""
         # Symlinks inside the root are followed on purpose: operators link masters
         # in from other disks. Only the request-driven path is confined.
         if not self.root.is_dir():
@@ -60,23 +61,46 @@ class LocalCatalog(Catalog):
             # catalog; answering "not found" would send the platform a final skip.
             raise CatalogUnavailable(f"catalog {self.name}: root folder {self.root} is missing")
         files: dict[str, int] = {}
+        subfolders: list[str] = []
         try:
             with os.scandir(folder) as it:
                 for entry in it:
                     try:
                         if entry.is_file():
                             files[entry.name] = entry.stat().st_size
+                        elif entry.is_dir():
+                            subfolders.append(entry.name)
                     except OSError as exc:
                         if exc.errno in _NO_SUCH_PATH:
                             continue  # removed while we looked, a dangling link or a link loop: not a candidate
                         raise
         except OSError as exc:
             if exc.errno in _NO_SUCH_PATH:
-                return {}
+                return {}, []
             if isinstance(exc, PermissionError):
                 raise CatalogError(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
             raise CatalogUnavailable(f"catalog {self.name}: cannot list {folder}: {exc.strerror}") from exc
-        return files
+        return files, subfolders
+
+    async def read_range(self, master: Master, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"offset and length must be >= 0, got {offset} and {length}")
+        return await asyncio.to_thread(self._pread, master, offset, length)
+
+    def _pread(self, master: Master, offset: int, length: int) -> bytes:
+        """One ``pread``: no seek, no buffer beyond the bytes asked for."""
+        try:
+            fd = os.open(master.ref, os.O_RDONLY)
+            try:
+                return os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise CatalogError(f"catalog {self.name}: file vanished: {master.object}") from exc
+        except PermissionError as exc:
+            raise CatalogError(f"catalog {self.name}: cannot read {master.object}: {exc.strerror}") from exc
+        except OSError as exc:  # EIO, a stale NFS handle: the disk or share may come back
+            raise CatalogUnavailable(f"catalog {self.name}: read failed on {master.object}: {exc.strerror}") from exc
 
     async def probe(self) -> str:
         """List the root folder: it must exist, be a folder, and be readable by this process."""
@@ -90,19 +114,14 @@ class LocalCatalog(Catalog):
             raise CatalogError(f"catalog {self.name}: cannot list root folder {self.root}: {exc.strerror}") from None
         return f"local folder {self.root}: {count} items"
 
-    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
-        f = await asyncio.to_thread(self._open, master, start)
-        try:
-            while chunk := await asyncio.to_thread(self._read, master, f, chunk_size):
-                yield chunk
-        finally:
-            await asyncio.to_thread(f.close)
+    def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> SourceStream:
+        return SourceStream(lambda: asyncio.to_thread(self._open, master, start), chunk_size)
 
-    def _open(self, master: Master, start: int) -> BinaryIO:
+    def _open(self, master: Master, start: int) -> _FileSource:
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         try:
-            f = open(master.ref, "rb")  # closed by the caller
+            f = open(master.ref, "rb")  # closed by the source
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise CatalogError(f"catalog {self.name}: file vanished: {master.object}") from exc
         except PermissionError as exc:
@@ -110,12 +129,23 @@ class LocalCatalog(Catalog):
         except OSError as exc:
             raise CatalogUnavailable(f"catalog {self.name}: cannot open {master.object}: {exc.strerror}") from exc
         f.seek(start)
-        return f
+        return _FileSource(f, f"catalog {self.name}: read failed on {master.object}")
 
-    def _read(self, master: Master, f: BinaryIO, size: int) -> bytes:
+
+class _FileSource(Source):
+    """An open file, read straight into the reader's buffer (a buffered file's ``readinto`` of a large
+    buffer reads from the kernel into it directly, and fills it unless the end comes first)."""
+
+    def __init__(self, f: BinaryIO, failure: str):
+        self._file = f
+        self._failure = failure
+
+    def readinto(self, buffer: memoryview) -> int:
         try:
-            return f.read(size)
+            return self._file.readinto(buffer)
         except OSError as exc:
             # EIO, a stale NFS handle: the disk or share may come back.
-            raise CatalogUnavailable(f"catalog {self.name}: read failed on {master.object}: {exc.strerror}") from exc
+            raise CatalogUnavailable(f"{self._failure}: {exc.strerror}") from exc
 
+    def close(self) -> None:
+        self._file.close()

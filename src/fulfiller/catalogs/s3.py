@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import boto3
@@ -21,9 +21,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Master
+from fulfiller.catalogs.base import Catalog, CatalogError, CatalogUnavailable, Listing, Master, Source, SourceStream
 from fulfiller.config import S3CatalogConfig
-from fulfiller.media import rank
 
 # Enough for every job of a process to stream while others list; boto3's
 # default of 10 would queue requests behind each other.
@@ -77,23 +76,41 @@ class S3Catalog(Catalog):
         )
         return cls(name, cfg.layout, cfg.bucket, cfg.prefix, client)
 
-    async def find_in(self, folders: list[str], stem: str, kind: str) -> list[Master]:
+    async def list_in(self, folders: list[str]) -> Listing:
         folder = self.prefix + "".join(f"{seg}/" for seg in folders)
-        objects = await self._call(f"list {folder!r}", self._list_folder, folder)
-        return [self._master(folder + name, objects[name]) for name in rank(list(objects), stem, kind)]
+        objects, subfolders = await self._call(f"list {folder!r}", self._list_prefix, folder)
+        return Listing([self._master(folder + name, objects[name]) for name in sorted(objects)], sorted(subfolders))
 
-    def _list_folder(self, folder: str) -> dict[str, dict[str, Any]]:
-        """Objects directly in ``folder`` (not in its subfolders), by name."""
+    def _list_prefix(self, folder: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Objects directly in ``folder`` by name (not those in its subfolders), and the subfolders' names."""
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=folder, Delimiter="/"
         )
-        objects = {}
+        objects, subfolders = {}, set()
         for page in pages:
             for obj in page.get("Contents", ()):
                 name = obj["Key"][len(folder) :]
                 if name:  # the empty "folder/" marker some tools create
                     objects[name] = obj
-        return objects
+            for common in page.get("CommonPrefixes", ()):
+                name = common["Prefix"][len(folder) : -1]
+                if name:  # "folder//": an empty segment no layout names
+                    subfolders.add(name)
+        return objects, subfolders
+
+    async def read_range(self, master: Master, offset: int, length: int) -> bytes:
+        """One ranged GET, of the version found (as the streams ask): a measurement is of the bytes delivered."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"offset and length must be >= 0, got {offset} and {length}")
+        if length == 0 or offset >= master.size:
+            return b""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": master.ref,
+                                  "Range": f"bytes={offset}-{offset + length - 1}"}
+        if master.version:
+            kwargs["IfMatch"] = f'"{master.version}"'
+        what = f"read {master.object}"
+        response = await self._call(what, self._client.get_object, **kwargs)
+        return await self._call(what, _read_whole, response["Body"])
 
     def _master(self, key: str, obj: Mapping[str, Any]) -> Master:
         etag = obj.get("ETag", "").strip('"')
@@ -115,15 +132,12 @@ class S3Catalog(Catalog):
         count = len(page.get("Contents", ())) + len(page.get("CommonPrefixes", ()))
         return f"s3://{self.bucket}/{self.prefix}: {count}{'+' if page.get('IsTruncated') else ''} items visible"
 
-    async def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+    def stream(self, master: Master, start: int = 0, chunk_size: int = 1 << 20) -> SourceStream:
+        return SourceStream(lambda: self._open(master, start), chunk_size)
+
+    async def _open(self, master: Master, start: int) -> Source:
         body = await self._get(master, start)
-        if body is None:
-            return
-        try:
-            while chunk := await self._call(f"read {master.object}", body.read, chunk_size):
-                yield chunk
-        finally:
-            await asyncio.to_thread(body.close)
+        return _BodySource(body, lambda exc: self._translate(f"read {master.object}", exc))
 
     async def _get(self, master: Master, start: int) -> Any:
         """The object's StreamingBody from ``start`` to its end, None when ``start`` is past the end."""
@@ -177,5 +191,39 @@ class S3Catalog(Catalog):
         await asyncio.to_thread(self._client.close)
 
 
+class _BodySource(Source):
+    """botocore's stream of one GET (None: the range starts past the end), copied into the reader's buffer.
+
+    Its reads come from urllib3 whole (up to the buffer's length), and it checks
+    the length the response announced when it ends.
+    """
+
+    def __init__(self, body: Any, translate: Callable[[ClientError | BotoCoreError], Exception]):
+        self._body = body
+        self._translate = translate
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._body is None:
+            return 0
+        try:
+            data = self._body.read(len(buffer))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc) from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+
+
 def _code(exc: BaseException | None) -> str:
     return exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+
+
+def _read_whole(body: Any) -> bytes:
+    """A ranged GET's body (as long as the range at most), read and closed."""
+    try:
+        return body.read()
+    finally:
+        body.close()

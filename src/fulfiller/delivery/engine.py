@@ -137,8 +137,9 @@ class Engine:
         if refused:
             return refused
         master = found.master
+        measured = json.dumps(found.measured.to_json()) if found.measured else None
         await ctx.record(chosen_aspect=found.aspect, extension=found.extension, content_type=found.content_type,
-                         bytes=master.size, source=f"{master.catalog}:{master.object}")
+                         bytes=master.size, source=f"{master.catalog}:{master.object}", measured=measured)
         delivered = await ctx.step("upload", lambda: self._upload(ctx, req, found))
         if isinstance(delivered, Ending | Retry):
             return delivered

@@ -32,8 +32,12 @@ def aspect_order(req: SourceRequest, preferences: Mapping[str, Sequence[str]]) -
     return list(dict.fromkeys(preferred + accepted))
 
 
-def no_match_reason(req: SourceRequest) -> str:
-    """The skip reason the platform shows operators when nothing fits: each accepted aspect once, in its order."""
+def no_match_reason(req: SourceRequest, mismatched: Mapping[str, str] | None = None) -> str:
+    """The skip reason the platform shows operators when nothing fits: each accepted aspect once, in its
+    order, and each file refused because its picture is another aspect (``mismatched``: object -> measured)."""
     if req.aspect:
+        if mismatched:
+            return f"aspect_mismatch:asked={req.aspect},measured={next(iter(mismatched.values()))}"
         return f"no_match:aspect={req.aspect}"
-    return f"no_match:acceptedAspects=[{','.join(dict.fromkeys(req.accepted_aspects))}]"
+    refused = "".join(f";aspect_mismatch:{obj}={aspect}" for obj, aspect in (mismatched or {}).items())
+    return f"no_match:acceptedAspects=[{','.join(dict.fromkeys(req.accepted_aspects))}]{refused}"

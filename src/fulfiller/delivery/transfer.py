@@ -5,9 +5,22 @@ carries the exact Content-Length known from the catalog, and the bytes flow
 through in chunks: memory stays flat whatever the master's size. SHA-256 is
 computed on the way for the callback's ``contentHash``.
 
-The PUT itself runs on a thread of its own through urllib3 (``bulkhttp``),
-which hashes each chunk as it sends it, fed chunk by chunk from the event loop,
-which goes on reading from the catalog meanwhile.
+Reading, hashing and sending overlap, each on a thread of its own, with no
+trip through the event loop per chunk: a reader fills a few reused buffers
+straight from the catalog's ``Source`` (a file's ``readinto``, botocore's or
+urllib3's response), and hands each to a hasher and to the PUT, which urllib3
+(``bulkhttp``) sends. hashlib and the socket both release the GIL, so on two
+cores SHA-256 takes about as long as the transfer would without it, instead of
+adding to it. A buffer is read into again only once both are done with it.
+A stream that is not a catalog's source (any async generator) is fed into the
+same threads from the event loop.
+
+The chunk size is the worker's ``chunk_bytes`` (1 MiB by default), chosen by
+measurement (``bench/README.md``): smaller chunks cost more CPU per byte in
+handing them between threads, while a few MiB in flight in all stay in the
+CPU's cache from the reading through the hashing to the sending, where bigger
+or more buffers measured slower. Hence ``DEPTH`` buffers of one chunk each:
+memory stays flat, whatever the master's size.
 """
 
 from __future__ import annotations
@@ -19,11 +32,13 @@ import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import urllib3
 
 from fulfiller.bulkhttp import BulkHttp, release
+from fulfiller.catalogs.base import Source, SourceStream
 from fulfiller.hosts import Target
 from fulfiller.redact import redact_text
 from fulfiller.retry import Transient, parse_retry_after
@@ -57,10 +72,6 @@ class ChecksumMismatch(Exception):
     """The bytes read hash to something other than the SHA-256 the catalog publishes."""
 
 
-class _Aborted(Exception):
-    """Raised inside the request body to cut the PUT short of its Content-Length."""
-
-
 def excerpt(text: str, limit: int = 500) -> str:
     """The start of a response body, kept on the job so operators see why a peer refused."""
     return redact_text(text[:limit].strip())
@@ -73,43 +84,124 @@ def transient_for(status: int, retry_after: str | None, what: str) -> Transient 
     return None
 
 
-_END = object()
+# Chunks in flight between the reading and the two consumers of each (the hasher and the sender): reading
+# runs ahead of sending by that much, and a slow peer holds back the read instead of the master piling up.
+DEPTH = 4
 
 
-class _Last(NamedTuple):
-    """The body's final chunk, sent only if the whole body hashes to ``expected_sha256``."""
-
-    chunk: bytes
-    expected_sha256: str | None
+class _Aborted(Exception):
+    """Raised inside the request body to cut the PUT short of its Content-Length."""
 
 
-class _Sender(Generic[T]):
-    """One blocking request on a thread of its own, its body fed chunk by chunk from the event loop.
+class _Count:
+    """The bytes read so far, against the size the catalog listed."""
 
-    The thread also hashes each chunk (SHA-256) just before sending it: hashlib
-    releases the GIL, so the event loop goes on reading the next chunks from the
-    catalog meanwhile, and the bytes are hashed exactly as they leave. At most
-    ``depth`` chunks wait between the two sides: reading runs ahead of sending
-    by that much, and a slow peer holds back the read from the catalog instead
-    of the master piling up in memory.
-    ``result`` settles when the request returns; a peer that answers before the
-    body is all sent (a 403 on a bad signature) settles it early.
+    def __init__(self, size: int):
+        self.size, self.total = size, 0
+
+    def add(self, n: int) -> bool:
+        """Count ``n`` more bytes; True when they complete the master."""
+        if self.total + n > self.size:
+            raise SizeMismatch(f"master grew past its listed size of {self.size} bytes")
+        self.total += n
+        return self.total == self.size
+
+    def end(self) -> None:
+        if self.total != self.size:
+            raise SizeMismatch(f"master ended at {self.total} of its listed {self.size} bytes")
+
+
+class _Chunk:
+    """Bytes in flight, hashed by one thread and sent by another; ``release`` runs once both are done with them
+    (for a reused buffer: it may be read into again)."""
+
+    __slots__ = ("view", "last", "_release", "_left", "_lock")
+
+    def __init__(self, view: memoryview, release: Callable[[], object] | None = None):
+        self.view, self.last, self._release = view, False, release
+        self._left = 2
+        self._lock = threading.Lock()
+
+    def done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left or self._release is None:
+                return
+        self._release()
+
+
+class _Pipeline(Generic[T]):
+    """One upload: a request on a thread of its own, whose body is fed chunk by chunk, and a hasher thread.
+
+    Each chunk goes to both threads at once: hashlib and the socket both release
+    the GIL, so SHA-256 runs on one core while the bytes go out on another,
+    instead of one after the other. The chunks come from the catalog's source,
+    read into ``DEPTH`` reused buffers by a third thread (``read_from``), or
+    from the event loop for any other stream (``feed``). The last chunk leaves
+    only once the source ended cleanly at the listed size and, the hasher done,
+    the SHA-256 matches ``expected_sha256``: a check that fails at the end (the
+    hash, or one the catalog makes, like Drive's md5) cuts the PUT short of its
+    Content-Length, so the store never keeps a whole object made of bad bytes.
+
+    ``result`` settles when the request returns, or with the first failure of
+    the reading; a peer that answers before the body is all sent (a 403 on a bad
+    signature) settles it early, and the reading stops.
     """
 
-    def __init__(self, request: Callable[[Iterator[bytes]], T], depth: int = 4):
+    def __init__(self, request: Callable[[Iterator[memoryview]], T], size: int, expected_sha256: str | None):
         self._loop = asyncio.get_running_loop()
-        self._chunks: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._space = asyncio.Semaphore(depth)
+        self._size, self._expected = size, expected_sha256
+        self._to_send: queue.SimpleQueue[_Chunk | BaseException] = queue.SimpleQueue()
+        self._to_hash: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
+        self._hashed = threading.Event()  # the last chunk is hashed
+        self._over = threading.Event()  # nothing more will be sent
+        self._wake: Callable[[], object] = lambda: None  # unblocks the reading once ``_over`` is set
         self.sha256 = hashlib.sha256()  # of the bytes sent; read it once ``result`` has settled
+        self.sent = 0
         self.result: asyncio.Future[T] = self._loop.create_future()
-        self.result.add_done_callback(lambda _: self._space.release())  # wakes a put() waiting for room
+        threading.Thread(target=self._hash, name="upload-hash", daemon=True).start()
         threading.Thread(target=self._run, args=(request,), name="upload", daemon=True).start()
 
-    def _run(self, request: Callable[[Iterator[bytes]], T]) -> None:
+    # -- the consumers ---------------------------------------------------------------------
+
+    def _hash(self) -> None:
+        while (chunk := self._to_hash.get()) is not None:
+            self.sha256.update(chunk.view)
+            chunk.done()
+            if chunk.last:
+                self._hashed.set()
+                return
+
+    def _body(self) -> Iterator[memoryview]:
+        while not isinstance(chunk := self._to_send.get(), BaseException):
+            if chunk.last:
+                self._hashed.wait()
+                actual = self.sha256.hexdigest()
+                if self._expected is not None and actual != self._expected:
+                    # Raised inside the body: the PUT ends short of its Content-Length, nothing is stored.
+                    raise ChecksumMismatch(
+                        f"sha256 mismatch: the catalog lists {self._expected}, the bytes read hash to {actual}"
+                    )
+            yield chunk.view  # back here once it is sent
+            self.sent += len(chunk.view)
+            chunk.done()
+            if chunk.last:
+                return
+        raise chunk
+
+    def _run(self, request: Callable[[Iterator[memoryview]], T]) -> None:
         try:
             outcome, error = request(self._body()), None
         except BaseException as exc:  # handed to the awaiting side
             outcome, error = None, exc
+        self._stop()
+        if error is not None:
+            self._settle(error)
+        else:
+            self._settle(None, outcome)
+
+    def _settle(self, error: BaseException | None, outcome: Any = None) -> None:
+        """Settle ``result`` from any thread, unless something settled it first."""
 
         def settle() -> None:
             if self.result.done():
@@ -117,48 +209,92 @@ class _Sender(Generic[T]):
             if error is not None:
                 self.result.set_exception(error)
             else:
-                self.result.set_result(outcome)  # type: ignore[arg-type]
+                self.result.set_result(outcome)
 
         try:
             self._loop.call_soon_threadsafe(settle)
         except RuntimeError:  # the loop closed first: nobody is waiting
             pass
 
-    def _body(self) -> Iterator[bytes]:
-        while (item := self._chunks.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            self._loop.call_soon_threadsafe(self._space.release)
-            if isinstance(item, _Last):
-                self.sha256.update(item.chunk)
-                actual = self.sha256.hexdigest()
-                if item.expected_sha256 is not None and actual != item.expected_sha256:
-                    # Raised inside the body: the PUT ends short of its Content-Length, nothing is stored.
-                    raise ChecksumMismatch(
-                        f"sha256 mismatch: the catalog lists {item.expected_sha256}, the bytes read hash to {actual}"
-                    )
-                yield item.chunk
-            else:
-                self.sha256.update(item)  # type: ignore[arg-type]
-                yield item  # type: ignore[misc]
-
-    async def put(self, chunk: bytes | _Last) -> bool:
-        """Queue ``chunk``; False (and not queued) once the request has already returned."""
-        await self._space.acquire()
-        if self.result.done():
-            return False
-        self._chunks.put(chunk)
-        return True
-
-    def end(self) -> None:
-        """The body is complete."""
-        self._chunks.put(_END)
+    def _stop(self) -> None:
+        self._over.set()
+        self._to_hash.put(None)
+        self._wake()
 
     def abort(self) -> None:
-        """Cut the body short: the request fails and its connection closes."""
-        self._chunks.put(_Aborted())
+        """On the event loop: cut the body short (the request fails and its connection closes), stop the reading."""
+        self._to_send.put(_Aborted())
+        self._stop()
         # Its failure is the expected outcome: retrieved here so asyncio does not report it as lost.
         self.result.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _fail(self, error: BaseException) -> None:
+        """On the reading thread: settle ``result`` with ``error``, then cut the body short."""
+        self._settle(error)  # first: the request's own failure, once cut, must not settle it instead
+        self._to_send.put(_Aborted())
+        self._stop()
+
+    def _emit(self, chunk: _Chunk) -> None:
+        self._to_hash.put(chunk)
+        self._to_send.put(chunk)
+
+    def _emit_last(self, chunk: _Chunk | None) -> None:
+        chunk = chunk or _Chunk(memoryview(b""))  # an empty master: the checks still run
+        chunk.last = True
+        self._emit(chunk)
+
+    # -- the feeds -------------------------------------------------------------------------
+
+    def read_from(self, source: Source, head: bytes, chunk_size: int) -> None:
+        """Read ``source`` (after ``head``, already read from it) on a thread of its own, which closes it."""
+        threading.Thread(target=self._read, args=(source, head, chunk_size), name="upload-read", daemon=True).start()
+
+    def _read(self, source: Source, head: bytes, chunk_size: int) -> None:
+        free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()  # None: stop
+        self._wake = lambda: free.put(None)
+        for _ in range(DEPTH):
+            free.put(memoryview(bytearray(max(chunk_size, len(head)))))
+        count, held = _Count(self._size), None
+        try:
+            if head:
+                held = self._take(count, _Chunk(memoryview(head)), held)
+            while (buffer := free.get()) is not None and not self._over.is_set():
+                n = source.readinto(buffer)
+                if not n:
+                    count.end()
+                    self._emit_last(held)
+                    return
+                held = self._take(count, _Chunk(buffer[:n], partial(free.put, buffer)), held)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            source.close()
+
+    def _take(self, count: _Count, chunk: _Chunk, held: _Chunk | None) -> _Chunk | None:
+        """Send ``chunk`` now, or hold it back (returned) when it completes the master."""
+        if count.add(len(chunk.view)):
+            return chunk
+        self._emit(chunk)
+        return held
+
+    async def feed(self, chunks: AsyncGenerator[bytes, None]) -> None:
+        """Hand over the chunks of a stream from the event loop; stop early if the peer answered."""
+        space = asyncio.Semaphore(DEPTH)
+
+        def free() -> None:
+            self._loop.call_soon_threadsafe(space.release)
+
+        self._wake = free
+        count, held = _Count(self._size), None
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            await space.acquire()
+            if self._over.is_set():
+                return
+            held = self._take(count, _Chunk(memoryview(chunk), free), held)
+        count.end()
+        self._emit_last(held)
 
 
 def upload_target(url: str) -> Target:
@@ -187,51 +323,30 @@ class Uploader:
         against the hash the upload computes anyway, before the last chunk leaves.
         """
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
-        sender = _Sender(lambda body: self._request(url, body, headers))
+        pipeline = _Pipeline(lambda body: self._request(url, body, headers), size, expected_sha256)
         try:
-            async with contextlib.aclosing(chunks):  # a feed that stops early releases the catalog's stream now
-                sent = await self._feed(sender, chunks, size, expected_sha256)
-            status, retry_after, text = await sender.result
+            if isinstance(chunks, SourceStream):
+                head, source = await chunks.hand_over()
+                pipeline.read_from(source, head, chunks.chunk_size)
+            else:
+                async with contextlib.aclosing(chunks):  # a feed that stops early releases the catalog's stream now
+                    await pipeline.feed(chunks)
+            status, retry_after, text = await pipeline.result
         except urllib3.exceptions.HTTPError as exc:
             raise Transient(f"upload failed: {type(exc).__name__}: {redact_text(str(exc))}") from None
         except BaseException:
-            sender.abort()
+            pipeline.abort()
             raise
         if 200 <= status < 300:
-            if sent != size:  # answered before the whole body went out: nothing says it was stored
-                raise Transient(f"upload answered {status} after {sent} of {size} bytes")
-            return Delivered(sent, sender.sha256.hexdigest(), status)
+            if pipeline.sent != size:  # answered before the whole body went out: nothing says it was stored
+                raise Transient(f"upload answered {status} after {pipeline.sent} of {size} bytes")
+            return Delivered(size, pipeline.sha256.hexdigest(), status)
         transient = transient_for(status, retry_after, "upload")
         if transient:
             raise transient
         raise Refused("upload", status, excerpt(text))
 
-    @staticmethod
-    async def _feed(
-        sender: _Sender[Any], chunks: AsyncGenerator[bytes, None], size: int, expected_sha256: str | None
-    ) -> int:
-        """Hand the chunks to the sender; the bytes handed over, fewer if the peer answered early."""
-        # Each chunk goes out when the next one arrives, the last only once the source has ended
-        # cleanly and the checksums agree: a check that fails at the end (the sender's SHA-256, or
-        # one the catalog makes, like Drive's md5) then cuts the PUT short of its Content-Length,
-        # so the store never keeps a whole object made of bad bytes.
-        sent, held = 0, b""
-        async for chunk in chunks:
-            if sent + len(held) + len(chunk) > size:
-                raise SizeMismatch(f"master grew past its listed size of {size} bytes")
-            if held:
-                if not await sender.put(held):
-                    return sent
-                sent += len(held)
-            held = chunk
-        if sent + len(held) != size:
-            raise SizeMismatch(f"master ended at {sent + len(held)} of its listed {size} bytes")
-        if not await sender.put(_Last(held, expected_sha256)):
-            return sent
-        sender.end()
-        return sent + len(held)
-
-    def _request(self, url: str, body: Iterator[bytes], headers: dict[str, str]) -> tuple[int, str | None, str]:
+    def _request(self, url: str, body: Iterator[memoryview], headers: dict[str, str]) -> tuple[int, str | None, str]:
         """The PUT, on the sender's thread: status, Retry-After and the start of the answer's body."""
         # retries=False: no retry and no redirect here; a redirect could lead outside the allow-list.
         response = self._pool.request("PUT", url, body=body, headers=headers, chunked=False,

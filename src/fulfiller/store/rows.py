@@ -13,7 +13,7 @@ JOB_COLUMNS = (
     "variation", "locale", "expires_at", "created_at", "updated_at", "chosen_aspect", "extension",
     "content_type", "content_hash", "bytes", "skip_reason", "error", "lifecycle_reason", "source",
     "runs", "lease_owner", "lease_until", "not_before", "skip_requested", "callback_key", "crashes", "retries",
-    "callback_body", "callback_unanswered",
+    "callback_body", "callback_unanswered", "measured",
 )
 # What a worker may record on a job it holds.
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "event_id", "status", "payload", "created_at", "lease_owner"}
@@ -31,4 +31,14 @@ def job_from_row(row: tuple[Any, ...], *, for_display: bool = False) -> Job:
             raise
         values["payload"] = None
     values["callback_unanswered"] = bool(values["callback_unanswered"])  # SQLite keeps a BOOLEAN as 0 or 1
+    values["measured"] = _measured(values["measured"])
     return Job(**values)
+
+
+def _measured(text: str | None) -> dict[str, Any] | None:
+    """The measured picture as the worker recorded it (JSON), None when none was or it does not decode."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

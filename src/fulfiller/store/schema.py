@@ -178,6 +178,10 @@ def migrations(d: Dialect) -> list[list[str]]:
             # retention), sparing every new job one more index write.
             *(["CREATE INDEX jobs_event ON jobs (event_id)"] if d.name == "postgresql" else []),
         ],
+        [
+            # What the master's picture measured (JSON: width, height, rotation, aspect), for operators.
+            "ALTER TABLE jobs ADD COLUMN measured TEXT",
+        ],
     ]
 
 
