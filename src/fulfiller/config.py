@@ -209,6 +209,9 @@ class DriveCatalogConfig(_CatalogBase):
     credentials_file: str = ""
     api_endpoint: str | None = None
     folder_cache_s: float = Field(60.0, ge=0)
+    quota_copy_folder_id: str | None = Field(
+        None, min_length=1, description="a folder the service account can write to: on downloadQuotaExceeded, "
+        "copy the master there, stream the copy, delete it")
 
 
 class S3CatalogConfig(_CatalogBase):

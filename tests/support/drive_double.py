@@ -52,6 +52,7 @@ GOOGLE_DOC = "application/vnd.google-apps.document"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # google-auth's fixed ``aud``, whatever token_uri says
 DRIVE_READONLY = "https://www.googleapis.com/auth/drive.readonly"
+DRIVE = "https://www.googleapis.com/auth/drive"  # full access: what copying and deleting need
 CLIENT_EMAIL = "fulfiller-test@drive-double.iam.gserviceaccount.com"
 
 _FILE_FIELDS = frozenset(
@@ -69,6 +70,9 @@ _DOWNLOAD_MESSAGES = {
     "cannotDownloadFile": "This file cannot be downloaded by the user.",
     "cannotDownloadAbusiveFile": "This file has been identified as malware or spam and cannot be downloaded.",
 }
+
+
+_NO_PERMISSION = "The user does not have sufficient permissions for this file."
 
 
 class BadRequest(Exception):
@@ -215,6 +219,7 @@ class Item:
     checksum_overrides: dict[str, str | None] = field(default_factory=dict)
     path: Path | None = None  # content on disk, served in place of ``data`` (never read into memory)
     digests: tuple[int, str, str] | None = None  # size, md5, sha256 of ``path``, computed once
+    ours: bool = False  # owned by the service account: it may write into it (a folder) or delete it
 
     @property
     def binary(self) -> bool:
@@ -260,7 +265,7 @@ class Item:
 class Hit:
     """One request the double answered."""
 
-    kind: str  # token | list | get | media
+    kind: str  # token | list | get | media | copy | delete
     status: int
     params: dict[str, str]
     range: str | None
@@ -362,6 +367,8 @@ class DriveDouble:
                 Route("/token", self._token, methods=["POST"]),
                 Route("/drive/v3/files", self._list, methods=["GET"]),
                 Route("/drive/v3/files/{file_id}", self._get, methods=["GET"]),
+                Route("/drive/v3/files/{file_id}", self._delete, methods=["DELETE"]),
+                Route("/drive/v3/files/{file_id}/copy", self._copy, methods=["POST"]),
             ]
         )
         self.reset()
@@ -370,6 +377,8 @@ class DriveDouble:
         """Forget every item, token, fault and count, so one served double can serve many tests."""
         self.items: dict[str, Item] = {}
         self.tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
+        self.scopes: dict[str, set[str]] = {}  # token -> the scopes it was granted
+        self.deleted: list[str] = []  # ids of the files deleted, in order
         self.counts: Counter[str] = Counter()  # per kind ("list") and per kind and status ("list 429")
         self.hits: list[Hit] = []
         self._ids = itertools.count(1)
@@ -428,8 +437,9 @@ class DriveDouble:
         self.items[drive_id] = Item(drive_id, name, FOLDER, [], "2024-01-01T00:00:00.000Z", drive_id=drive_id)
         return drive_id
 
-    def add_folder(self, name: str, parent: str | None = None, *, trashed: bool = False) -> str:
-        return self._add(name, FOLDER, parent, trashed=trashed)
+    def add_folder(self, name: str, parent: str | None = None, *, trashed: bool = False, ours: bool = False) -> str:
+        """A folder; ``ours``: the service account owns it, so it may copy files into it."""
+        return self._add(name, FOLDER, parent, trashed=trashed, ours=ours)
 
     def add_folders(self, path: str, parent: str) -> str:
         """``a/b/c`` under ``parent`` (reusing folders already there); the last folder's id."""
@@ -560,10 +570,12 @@ class DriveDouble:
         expired = claims.get("exp", 0) < time.time()
         if (claims.get("aud"), claims.get("iss")) != (GOOGLE_TOKEN_AUDIENCE, CLIENT_EMAIL) or expired:
             return _oauth_error("invalid_grant", "Invalid JWT claims.")
-        if DRIVE_READONLY not in str(claims.get("scope", "")).split():
-            return _oauth_error("invalid_scope", "drive.readonly was not requested")
+        scopes = set(str(claims.get("scope", "")).split())
+        if not scopes & {DRIVE_READONLY, DRIVE}:
+            return _oauth_error("invalid_scope", "neither drive.readonly nor drive was requested")
         token = f"ya29.double-{next(self._ids)}"
         self.tokens[token] = time.time() + self.token_lifetime_s
+        self.scopes[token] = scopes
         return JSONResponse({"access_token": token, "expires_in": int(self.token_lifetime_s), "token_type": "Bearer"})
 
     async def _list(self, request: Request) -> Response:
@@ -574,6 +586,13 @@ class DriveDouble:
         if request.query_params.get("alt") == "media":
             return self._api("media", request, lambda: self._media(request, file_id))
         return self._api("get", request, lambda: self._get_file(request, file_id))
+
+    async def _copy(self, request: Request) -> Response:
+        body = await request.body()
+        return self._api("copy", request, lambda: self._copy_file(request, request.path_params["file_id"], body))
+
+    async def _delete(self, request: Request) -> Response:
+        return self._api("delete", request, lambda: self._delete_file(request, request.path_params["file_id"]))
 
     def _api(self, kind: str, request: Request, handler: Callable[[], Response]) -> Response:
         response = self._unauthorized(request) or self._fault(kind)
@@ -688,6 +707,44 @@ class DriveDouble:
         if item is None:
             return _error(404, "notFound", f"File not found: {file_id}.")
         return JSONResponse(_select(self._resource(item), tree))
+
+    def _writing(self, request: Request) -> bool:
+        """Whether the request's token may write (Drive's full scope; drive.readonly may not)."""
+        return DRIVE in self.scopes.get(request.headers.get("authorization", "").removeprefix("Bearer "), ())
+
+    def _copy_file(self, request: Request, file_id: str, body: bytes) -> Response:
+        """files.copy: the copy belongs to the service account, in the one parent the body names."""
+        if not self._writing(request):
+            return _error(403, "insufficientPermissions", "Request had insufficient authentication scopes.")
+        source = self._visible(request, file_id)
+        if source is None or not source.binary:
+            return _error(404, "notFound", f"File not found: {file_id}.")
+        try:
+            meta = json.loads(body or b"{}")
+            [parent] = meta.get("parents") or [None]
+        except (ValueError, TypeError):
+            raise BadRequest("the body must be a file resource with one parent") from None
+        folder = self._visible(request, parent) if parent else None
+        if folder is None or folder.mime_type != FOLDER:
+            return _error(404, "notFound", f"File not found: {parent}.")
+        if not folder.ours:
+            return _error(403, "insufficientFilePermissions", _NO_PERMISSION)
+        copy_id = self._add(meta.get("name") or f"Copy of {source.name}", source.mime_type, folder.id, ours=True,
+                            data=source.data, path=source.path, digests=source.digests)
+        tree = parse_fields(request.query_params.get("fields", _DEFAULT_FILE_FIELDS))
+        _check_fields(tree, _FILE_FIELDS)
+        return JSONResponse(_select(self._resource(self.items[copy_id]), tree))
+
+    def _delete_file(self, request: Request, file_id: str) -> Response:
+        """files.delete: only what the service account owns, and only with the full scope."""
+        item = self._visible(request, file_id)
+        if item is None:
+            return _error(404, "notFound", f"File not found: {file_id}.")
+        if not self._writing(request) or not item.ours:
+            return _error(403, "insufficientFilePermissions", _NO_PERMISSION)
+        del self.items[file_id]
+        self.deleted.append(file_id)
+        return Response(status_code=204)
 
     def _media(self, request: Request, file_id: str) -> Response:
         item = self._visible(request, file_id)

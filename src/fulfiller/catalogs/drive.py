@@ -23,10 +23,12 @@ from fulfiller.catalogs.drive_api import (
     SHORTCUT,
     DriveApi,
     NotFound,
+    QuotaExceeded,
     is_folder,
     load_credentials,
     quote,
 )
+from fulfiller.catalogs.drive_copies import QuotaCopies
 from fulfiller.catalogs.drive_folders import DriveFolders
 from fulfiller.config import DriveCatalogConfig
 from fulfiller.media import KINDS, split_extension
@@ -57,11 +59,13 @@ class DriveCatalog(Catalog):
         folder_cache_s: float = 60.0,
         max_resumes: int = 5,
         timeout_s: float = 60.0,
+        quota_copy_folder_id: str | None = None,
     ):
         super().__init__(name, layout)
         self._api = DriveApi(credentials, api_endpoint=api_endpoint, timeout_s=timeout_s)
         self._folders = DriveFolders(self._api, root_folder_id, folder_cache_s)
         self._max_resumes = max_resumes
+        self._copies = QuotaCopies(self._api, name, quota_copy_folder_id)
 
     @classmethod
     def from_config(cls, name: str, cfg: DriveCatalogConfig) -> DriveCatalog:
@@ -69,10 +73,11 @@ class DriveCatalog(Catalog):
         return cls(
             name,
             cfg.root_folder_id,
-            load_credentials(cfg.credentials_file),
+            load_credentials(cfg.credentials_file, write=cfg.quota_copy_folder_id is not None),
             layout=cfg.layout,
             api_endpoint=cfg.api_endpoint,
             folder_cache_s=cfg.folder_cache_s,
+            quota_copy_folder_id=cfg.quota_copy_folder_id,
         )
 
     # -- finding -------------------------------------------------------------------------
@@ -157,7 +162,8 @@ class DriveCatalog(Catalog):
     def _read_range(self, master: Master, first: int, last: int) -> bytes:
         what = f"read {master.object}"
         try:
-            response = self._api.open_media(master.ref, first, what, end=last)
+            # Measuring follows the stream's first chunk: a stream that met the quota has a copy to read.
+            response = self._api.open_media(self._copies.file_id(master), first, what, end=last)
         except NotFound:
             raise CatalogUnavailable(f"drive: {what} ({master.ref}): it vanished since it was found (404)") from None
         try:
@@ -183,7 +189,7 @@ class DriveCatalog(Catalog):
     def _source(self, master: Master, start: int) -> _MediaSource:
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
-        source = _MediaSource(self._api, master, start, self._max_resumes)
+        source = _MediaSource(self._api, self._copies, master, start, self._max_resumes)
         source.connect()
         return source
 
@@ -201,8 +207,9 @@ class _MediaSource(Source):
     it is the rare file Drive has no SHA-256 for.
     """
 
-    def __init__(self, api: DriveApi, master: Master, start: int, max_resumes: int):
-        self._api, self._master, self._max_resumes = api, master, max_resumes
+    def __init__(self, api: DriveApi, copies: QuotaCopies, master: Master, start: int, max_resumes: int):
+        self._api, self._copies, self._master, self._max_resumes = api, copies, master, max_resumes
+        self._copy: str | None = None  # the copy streamed instead, once the original met its download quota
         self._offset, self._resumes = start, 0
         self._md5 = hashlib.md5() if start == 0 and master.md5 and not master.sha256 else None
         self._response: urllib3.HTTPResponse | None = None
@@ -212,8 +219,15 @@ class _MediaSource(Source):
         """Open the GET from the current offset (none is needed at the end)."""
         if self._offset >= self._master.size:
             return
+        what = f"download {self._master.object}"
         try:
-            self._response = self._api.open_media(self._master.ref, self._offset, f"download {self._master.object}")
+            try:
+                self._response = self._api.open_media(self._copy or self._master.ref, self._offset, what)
+            except QuotaExceeded as exc:
+                if self._copy is not None:
+                    raise
+                self._copy = self._copies.make(self._master, exc)
+                self._response = self._api.open_media(self._copy, self._offset, what)
         except NotFound:
             # It was there when found; the job's next attempt will look again and skip if it is gone.
             raise CatalogUnavailable(
@@ -262,3 +276,6 @@ class _MediaSource(Source):
         if self._response is not None:
             release(self._response)
             self._response = None
+        if self._copy is not None:
+            copy, self._copy = self._copy, None
+            self._copies.drop(self._master, copy)

@@ -42,6 +42,8 @@ from fulfiller.catalogs.base import CatalogError, CatalogUnavailable
 from fulfiller.retry import parse_retry_after
 
 SCOPE = "https://www.googleapis.com/auth/drive.readonly"
+# Full access, asked for only when a catalog copies masters past the download quota (drive_copies).
+WRITE_SCOPE = "https://www.googleapis.com/auth/drive"
 DEFAULT_ENDPOINT = "https://www.googleapis.com/drive/v3/"
 FOLDER = "application/vnd.google-apps.folder"
 SHORTCUT = "application/vnd.google-apps.shortcut"
@@ -63,6 +65,10 @@ class NotFound(Exception):
     """Drive answered 404."""
 
 
+class QuotaExceeded(CatalogError):
+    """The file's download quota is spent (downloadQuotaExceeded): a copy of it would download."""
+
+
 class Folder(NamedTuple):
     """A Drive folder, as listings need it."""
 
@@ -80,17 +86,18 @@ def is_folder(item: dict[str, Any]) -> bool:
     return FOLDER in (item.get("mimeType"), item.get("shortcutDetails", {}).get("targetMimeType"))
 
 
-def load_credentials(credentials_file: str) -> Credentials:
-    """A service account's key file, else application default credentials.
+def load_credentials(credentials_file: str, *, write: bool = False) -> Credentials:
+    """A service account's key file, else application default credentials; read-only unless ``write``.
 
     Only the service-account type is read from ``credentials_file``: a generic
     loader would also accept external-account configs that make google-auth
     run commands or fetch URLs named in the file.
     """
+    scopes = [WRITE_SCOPE if write else SCOPE]
     try:
         if credentials_file:
-            return service_account.Credentials.from_service_account_file(credentials_file, scopes=[SCOPE])
-        credentials, _ = google.auth.default(scopes=[SCOPE])
+            return service_account.Credentials.from_service_account_file(credentials_file, scopes=scopes)
+        credentials, _ = google.auth.default(scopes=scopes)
     except (DefaultCredentialsError, OSError, ValueError, KeyError) as exc:
         raise CatalogError(f"drive: no usable credentials: {exc!r}") from None
     return credentials
@@ -116,7 +123,8 @@ def _failure(status: int, body: bytes, retry_after: str | None, what: str) -> Ex
             f"drive: {what}: HTTP {status} {reason}".rstrip(), retry_after=parse_retry_after(retry_after)
         )
     if status == 403 and reason in _DOWNLOAD_DENIED:
-        return CatalogError(f"drive: {reason}: {_DOWNLOAD_DENIED[reason]} ({what})")
+        denied = QuotaExceeded if reason == "downloadQuotaExceeded" else CatalogError
+        return denied(f"drive: {reason}: {_DOWNLOAD_DENIED[reason]} ({what})")
     if status == 401:
         return CatalogError(f"drive: {what}: credentials rejected even after a token refresh (HTTP 401): {message}")
     return CatalogError(f"drive: {what}: HTTP {status} {reason}: {message}")
@@ -212,18 +220,29 @@ class DriveApi:
 
     async def _execute(self, make: Callable[[], HttpRequest], what: str) -> dict[str, Any]:
         """Run a metadata request once, in a worker thread, its failures turned into catalog errors."""
+        return await asyncio.to_thread(self._call, make, what)
 
-        def call() -> dict[str, Any]:
-            try:
-                return make().execute(http=self._thread_http())
-            except HttpError as exc:
-                raise _failure(exc.status_code, exc.content, exc.resp.get("retry-after"), what) from exc
-            except (RefreshError, TransportError) as exc:
-                raise _auth_failure(exc, what) from exc
-            except (httplib2.HttpLib2Error, OSError) as exc:
-                raise CatalogUnavailable(f"drive: {what}: {exc!r}") from exc
+    def _call(self, make: Callable[[], HttpRequest], what: str) -> Any:
+        """``_execute``, blocking: for the thread a download runs on."""
+        try:
+            return make().execute(http=self._thread_http())
+        except HttpError as exc:
+            raise _failure(exc.status_code, exc.content, exc.resp.get("retry-after"), what) from exc
+        except (RefreshError, TransportError) as exc:
+            raise _auth_failure(exc, what) from exc
+        except (httplib2.HttpLib2Error, OSError) as exc:
+            raise CatalogUnavailable(f"drive: {what}: {exc!r}") from exc
 
-        return await asyncio.to_thread(call)
+    def copy(self, file_id: str, folder_id: str, name: str) -> str:
+        """files.copy into ``folder_id`` under ``name``: the copy's id. Blocking (see ``drive_copies``)."""
+        made = self._call(partial(self._service.files().copy, fileId=file_id, fields="id", supportsAllDrives=True,
+                                  body={"name": name, "parents": [folder_id]}), f"copy {file_id}")
+        return str(made["id"])
+
+    def delete(self, file_id: str) -> None:
+        """files.delete (not to the trash: a copy made for one download). Blocking."""
+        self._call(partial(self._service.files().delete, fileId=file_id, supportsAllDrives=True),
+                   f"delete {file_id}")
 
     # -- media ---------------------------------------------------------------------------
 
