@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 
 import pytest
 
 from fulfiller.delivery.transfer import ChecksumMismatch, Refused, SizeMismatch, Uploader
 from fulfiller.retry import Transient
-from support.platform import PlatformDouble, run_platform
+from support.platform import PlatformDouble
 
 DATA = random.Random(7).randbytes(3 * 1024 * 1024 + 123)
 CHUNK = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformDouble]:
-    with run_platform(tmp_path_factory.mktemp("platform")) as double:
-        yield double
-
-
-@pytest.fixture
-def uploader() -> Iterator[Uploader]:
-    up = Uploader(timeout_s=5.0, max_connections=4)
-    yield up
-    up.close()
 
 
 async def chunks(data: bytes, size: int = CHUNK) -> AsyncGenerator[bytes, None]:

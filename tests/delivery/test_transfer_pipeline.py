@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import random
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
@@ -17,24 +17,11 @@ import pytest
 from fulfiller.catalogs.base import CatalogError, Master, Opened, Source, SourceStream
 from fulfiller.catalogs.local import LocalCatalog
 from fulfiller.delivery.transfer import DEPTH, ChecksumMismatch, Refused, SizeMismatch, Uploader
-from support.platform import PlatformDouble, run_platform
+from support.platform import PlatformDouble
 
 CHUNK = 64 * 1024
 TAIL = 123  # the last chunk's length: the master is not a whole number of chunks
 DATA = random.Random(11).randbytes(48 * CHUNK + TAIL)  # many more chunks than buffers: each is reused
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformDouble]:
-    with run_platform(tmp_path_factory.mktemp("platform")) as double:
-        yield double
-
-
-@pytest.fixture
-def uploader() -> Iterator[Uploader]:
-    up = Uploader(timeout_s=5.0, max_connections=4)
-    yield up
-    up.close()
 
 
 def key(request: pytest.FixtureRequest) -> str:
