@@ -282,7 +282,9 @@ class _Pipeline(Generic[T]):
         space = asyncio.Semaphore(DEPTH)
 
         def free() -> None:
-            self._loop.call_soon_threadsafe(space.release)
+            # From the hasher or the sender, which may finish a failed upload's chunks after it returned.
+            with contextlib.suppress(RuntimeError):  # the loop closed first: nobody is feeding
+                self._loop.call_soon_threadsafe(space.release)
 
         self._wake = free
         count, held = _Count(self._size), None
