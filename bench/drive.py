@@ -88,6 +88,7 @@ class Bench(TransferBench):
         spec.write_text(json.dumps({"workdir": str(self.tmp), "masters": masters}))
         print("starting the Drive double (it hashes each master once) ...", flush=True)
         self.drive = json.loads(self.helper([sys.executable, __file__, "--serve-drive", str(spec)]))
+        self.accounted["drive double"] = self.procs[-1].pid
 
     def catalog(self, source: str) -> dict[str, Any]:
         return {"type": "drive", "root_folder_id": self.drive["root"], "credentials_file": self.drive["key_file"],

@@ -31,8 +31,15 @@ from baselines import python_copy, sha256_alone
 MiB = 1 << 20
 SECRET = "whsec_bench-signing-secret"
 WARMUP = 64 * 1024  # the warm-up master each fresh fulfiller moves before it is measured
-# An ISO BMFF "ftyp" box: enough for libmagic to call the master video/mp4.
+# An ISO BMFF "ftyp" box (enough for libmagic to call the master video/mp4), then the header of an "mdat" box
+# (64-bit size) holding the rest of the file. Random bytes read as a box header would send the measurement to
+# a random offset for one more, by a range read: on moto, a read of the whole object (``measure.py``).
 FTYP = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41\x00\x00\x00\x08free"
+
+
+def master_head(size: int) -> bytes:
+    """The start of a master of ``size`` bytes: :data:`FTYP`, then an "mdat" box to the end."""
+    return FTYP + b"\x00\x00\x00\x01mdat" + (size - len(FTYP)).to_bytes(8, "big")
 
 # A plain copy of ``size`` bytes to ``put_url``: its seconds and CPU seconds.
 Copy = Callable[[int, str], tuple[float, float]]
@@ -149,7 +156,8 @@ def make_master(path: Path, size: int) -> str:
         for at in range(0, size, MiB):
             block = os.urandom(min(MiB, size - at))
             if at == 0:
-                block = FTYP + block[len(FTYP):]
+                head = master_head(size)
+                block = head + block[len(head):]
             f.write(block)
             sha.update(block)
     return sha.hexdigest()
@@ -161,17 +169,26 @@ class Case:
     size: int
     seconds: dict[str, list[float]] = field(default_factory=dict)  # per side: each baseline, then "fulfiller"
     cpu: dict[str, list[float]] = field(default_factory=dict)  # CPU seconds, likewise
+    # CPU seconds of the helper processes (the peer serving the master, the sink) while each side ran
+    helpers: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     hwm: int = 0  # the fulfiller's VmHWM after its jobs
 
-    def add(self, side: str, seconds: float, cpu: float) -> None:
+    def add(self, side: str, seconds: float, cpu: float, helpers: dict[str, float] | None = None) -> None:
         self.seconds.setdefault(side, []).append(seconds)
         self.cpu.setdefault(side, []).append(cpu)
+        for name, used in (helpers or {}).items():
+            self.helpers.setdefault(side, {}).setdefault(name, []).append(used)
 
     def mibps(self, side: str) -> float:
         return self.size / statistics.median(self.seconds[side]) / MiB
 
     def cpu_per_gib(self, side: str) -> float:
         return statistics.median(self.cpu[side]) * (1 << 30) / self.size
+
+    def helper_cpu_per_gib(self, side: str) -> dict[str, float]:
+        """Each helper's median CPU seconds per GiB while ``side`` ran."""
+        return {name: statistics.median(used) * (1 << 30) / self.size
+                for name, used in self.helpers.get(side, {}).items()}
 
     def overlap(self) -> float:
         """The larger of the copy's and the hash's time over the fulfiller's: 1 when hashing and moving
@@ -199,6 +216,7 @@ class TransferBench:
         self.args, self.tmp = args, tmp
         self.env: dict[str, str] | None = None  # the fulfiller's environment (None: this one's)
         self.procs: list[subprocess.Popen[bytes]] = []  # the helpers, stopped by close()
+        self.accounted: dict[str, int] = {}  # helpers whose CPU each side's run is charged: name -> pid
         self.hashes: dict[int, str] = {}  # size -> SHA-256 hex of its master
         self.sink = ""
 
@@ -239,6 +257,7 @@ class TransferBench:
     def run(self) -> list[Case]:
         sink = Path(__file__).with_name("sink.py")
         self.sink = f"http://127.0.0.1:{int(self.helper([sys.executable, str(sink)]))}"
+        self.accounted["sink"] = self.procs[-1].pid
         for size in [WARMUP, *self.args.sizes]:
             print(f"generating the {human(size)} master ...", flush=True)
             self.hashes[size] = make_master(self.master(size), size)
@@ -263,10 +282,10 @@ class TransferBench:
             copies = {**self.baselines(source), COPY: lambda size, put: python_copy(origin, size, put, headers)}
             for i in range(self.args.repeat):
                 for j, (side, copy) in enumerate(copies.items()):
-                    case.add(side, *copy(size, f"{self.sink}/upload/{name}-{i}-{j}"))
+                    case.add(side, *self.accounting(copy, size, f"{self.sink}/upload/{name}-{i}-{j}"))
                     self.expect_upload(f"{name}-{i}-{j}", size)
-                case.add(HASH, *sha256_alone(str(self.master(size))))
-                case.add(FULFILLER, *self.send_event(proc, base, size, f"{name}-{i}"))
+                case.add(HASH, *self.accounting(sha256_alone, str(self.master(size))))
+                case.add(FULFILLER, *self.accounting(self.send_event, proc, base, size, f"{name}-{i}"))
                 print(f"  {name} run {i + 1}: " + ", ".join(
                     f"{side} {size / sides[-1] / MiB:.0f}" for side, sides in case.seconds.items()) + " MiB/s",
                     flush=True)
@@ -274,6 +293,12 @@ class TransferBench:
         finally:
             stop(proc)
         return case
+
+    def accounting(self, side: Callable[..., tuple[float, float]], *args: Any) -> tuple[float, float, dict[str, float]]:
+        """``side(*args)``'s seconds and CPU seconds, and the CPU seconds each accounted helper spent meanwhile."""
+        before = {name: cpu_s(pid) for name, pid in self.accounted.items()}
+        seconds, cpu = side(*args)
+        return seconds, cpu, {name: cpu_s(pid) - before[name] for name, pid in self.accounted.items()}
 
     def send_event(self, proc: subprocess.Popen[bytes], base: str, size: int, tag: str) -> tuple[float, float]:
         """One signed event for the master of ``size``: seconds from its POST to its callback at the sink
@@ -323,7 +348,9 @@ def report(cases: list[Case]) -> bool:
         print(f"{case.source} {human(case.size)}:")
         for side in case.seconds:
             ratio = "" if side == FULFILLER else f"  ratio {fulfiller / case.mibps(side):.2f}"
-            print(f"  {side:<14} {case.mibps(side):6.0f} MiB/s  {case.cpu_per_gib(side):5.2f} CPU-s/GiB{ratio}")
+            helpers = "".join(f", {name} {used:.2f}" for name, used in case.helper_cpu_per_gib(side).items())
+            print(f"  {side:<14} {case.mibps(side):6.0f} MiB/s  {case.cpu_per_gib(side):5.2f} CPU-s/GiB{ratio}"
+                  + (f"  (meanwhile, CPU-s/GiB{helpers[1:]})" if helpers else ""))
         print(f"  overlap, max({COPY}, {HASH}) time / fulfiller time: {case.overlap():.2f} (goal >= {OVERLAP}); "
               f"CPU / ({COPY} + {HASH}): {case.cpu_over():.2f} (goal <= {CPU_OVER}); "
               f"peak RSS (VmHWM) {case.hwm / 1e6:.1f} MB")

@@ -58,6 +58,7 @@ class Bench(TransferBench):
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
         self.procs.append(start_server([*cmd, "-H", "127.0.0.1", "-p", str(port)], port, self.tmp / "moto.log",
                                        self.env, health="/moto-api/"))
+        self.accounted["moto"] = self.procs[-1].pid
         self.moto = f"http://127.0.0.1:{port}"
         import boto3
 

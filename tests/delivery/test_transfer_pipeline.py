@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fulfiller.catalogs.base import CatalogError, Master, Opened, Source, SourceStream
+from fulfiller.catalogs.base import CatalogError, CatalogUnavailable, Master, Opened, Source, SourceStream
 from fulfiller.catalogs.local import LocalCatalog
 from fulfiller.delivery.transfer import DEPTH, ChecksumMismatch, Refused, SizeMismatch, Uploader
 from support.platform import PlatformDouble
@@ -41,14 +41,19 @@ def local_catalog(tmp_path: Path) -> LocalCatalog:
 
 class MemorySource(Source):
     """Bytes in memory, in reads of at most ``step``; ``end_check`` raised at the end, as a catalog's own check
-    (Drive's md5) would; ``closed`` is set once the source is closed."""
+    (Drive's md5) would, ``failure`` once ``fail_at`` bytes were read (a cut connection given up on);
+    ``closed`` is set once the source is closed."""
 
-    def __init__(self, data: bytes, step: int = CHUNK, end_check: Exception | None = None):
+    def __init__(self, data: bytes, step: int = CHUNK, end_check: Exception | None = None,
+                 failure: Exception | None = None, fail_at: int = 0):
         self.data, self.step, self.end_check = data, step, end_check
+        self.failure, self.fail_at = failure, fail_at
         self.at = 0
         self.closed = threading.Event()
 
     def readinto(self, buffer: memoryview) -> int:
+        if self.failure is not None and self.at >= self.fail_at:
+            raise self.failure
         n = min(len(buffer), self.step, len(self.data) - self.at)
         if not n and self.end_check is not None:
             raise self.end_check
@@ -144,6 +149,37 @@ async def test_the_catalog_s_own_check_at_the_end_holds_back_the_last_chunk(
     assert upload.outcome == "disconnected"
     assert upload.received <= len(DATA) - TAIL
     assert platform.stored(k) is None
+    assert source.closed.wait(5)
+
+
+async def test_a_read_failing_midway_fails_the_upload_with_the_catalog_s_error(
+    platform: PlatformDouble, uploader: Uploader, request: pytest.FixtureRequest
+) -> None:
+    k = key(request)
+    # Read on the sending thread: the catalog's error, not the cut request's, is what the job sees.
+    source = MemorySource(DATA, failure=CatalogUnavailable("connection cut 6 times"), fail_at=len(DATA) // 2)
+
+    with pytest.raises(CatalogUnavailable, match="cut 6 times"):
+        await uploader.put(platform.presign(k), stream_of(source), len(DATA), "video/mp4")
+
+    [upload] = platform.wait_for_uploads(1, key=k)
+    assert upload.outcome == "disconnected" and upload.received < len(DATA)
+    assert platform.stored(k) is None
+    assert source.closed.wait(5)
+
+
+async def test_an_empty_master_is_checked_and_stored(
+    platform: PlatformDouble, uploader: Uploader, request: pytest.FixtureRequest
+) -> None:
+    k = key(request)
+    source = MemorySource(b"")
+
+    delivered = await uploader.put(platform.presign(k), stream_of(source), 0, "video/mp4",
+                                   expected_sha256=hashlib.sha256(b"").hexdigest())
+
+    assert (delivered.bytes, delivered.sha256) == (0, hashlib.sha256(b"").hexdigest())
+    stored = platform.stored(k)
+    assert stored is not None and stored.read_bytes() == b""
     assert source.closed.wait(5)
 
 

@@ -5,15 +5,17 @@ carries the exact Content-Length known from the catalog, and the bytes flow
 through in chunks: memory stays flat whatever the master's size. SHA-256 is
 computed on the way for the callback's ``contentHash``.
 
-Reading, hashing and sending overlap, each on a thread of its own, with no
-trip through the event loop per chunk: a reader fills a few reused buffers
-straight from the catalog's ``Source`` (a file's ``readinto``, botocore's or
-urllib3's response), and hands each to a hasher and to the PUT, which urllib3
-(``bulkhttp``) sends. hashlib and the socket both release the GIL, so on two
-cores SHA-256 takes about as long as the transfer would without it, instead of
-adding to it. A buffer is read into again only once both are done with it.
-A stream that is not a catalog's source (any async generator) is fed into the
-same threads from the event loop.
+Hashing overlaps reading and sending, with no trip through the event loop
+per chunk: the PUT's thread (urllib3, ``bulkhttp``) reads each chunk straight
+from the catalog's ``Source`` (a file's ``readinto``, botocore's or urllib3's
+response) into one of a few reused buffers, hands it to a hasher thread and
+sends it. hashlib and the socket both release the GIL, so SHA-256 runs on one
+core while the bytes move on another, instead of adding to the transfer's
+time. A buffer is read into again only once both are done with it. Reading on
+a third thread of its own measured no faster and cost more CPU (one more
+handoff and wake-up per chunk, one more thread taking turns on two cores:
+``bench/README.md``). A stream that is not a catalog's source (any async
+generator) is fed to the PUT's thread from the event loop.
 
 The chunk size is the worker's ``chunk_bytes`` (1 MiB by default), chosen by
 measurement (``bench/README.md``): smaller chunks cost more CPU per byte in
@@ -133,11 +135,13 @@ class _Chunk:
 class _Pipeline(Generic[T]):
     """One upload: a request on a thread of its own, whose body is fed chunk by chunk, and a hasher thread.
 
-    Each chunk goes to both threads at once: hashlib and the socket both release
-    the GIL, so SHA-256 runs on one core while the bytes go out on another,
-    instead of one after the other. The chunks come from the catalog's source,
-    read into ``DEPTH`` reused buffers by a third thread (``read_from``), or
-    from the event loop for any other stream (``feed``). The last chunk leaves
+    Each chunk goes to the hasher before it is sent: hashlib and the socket both
+    release the GIL, so SHA-256 runs on one core while the bytes go out on
+    another, instead of one after the other. A catalog's source is read on the
+    sending thread itself, into ``DEPTH`` reused buffers (``read_from``): the
+    read and the send of one chunk follow each other, as in a plain copy, with
+    one handoff per chunk (to the hasher) and no thread of its own to wake. Any
+    other stream is fed from the event loop (``feed``). The last chunk leaves
     only once the source ended cleanly at the listed size and, the hasher done,
     the SHA-256 matches ``expected_sha256``: a check that fails at the end (the
     hash, or one the catalog makes, like Drive's md5) cuts the PUT short of its
@@ -150,8 +154,8 @@ class _Pipeline(Generic[T]):
 
     def __init__(self, request: Callable[[Iterator[memoryview]], T], size: int, expected_sha256: str | None):
         self._loop = asyncio.get_running_loop()
-        self._size, self._expected = size, expected_sha256
-        self._to_send: queue.SimpleQueue[_Chunk | BaseException] = queue.SimpleQueue()
+        self._request, self._size, self._expected = request, size, expected_sha256
+        self._to_send: queue.SimpleQueue[_Chunk | BaseException] = queue.SimpleQueue()  # from ``feed``
         self._to_hash: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
         self._hashed = threading.Event()  # the last chunk is hashed
         self._over = threading.Event()  # nothing more will be sent
@@ -160,7 +164,10 @@ class _Pipeline(Generic[T]):
         self.sent = 0
         self.result: asyncio.Future[T] = self._loop.create_future()
         threading.Thread(target=self._hash, name="upload-hash", daemon=True).start()
-        threading.Thread(target=self._run, args=(request,), name="upload", daemon=True).start()
+
+    def _start(self, chunks: Iterator[_Chunk], close: Callable[[], object] = lambda: None) -> None:
+        """Send ``chunks`` (each handed to the hasher already) on a thread of its own, then ``close``."""
+        threading.Thread(target=self._run, args=(chunks, close), name="upload", daemon=True).start()
 
     # -- the consumers ---------------------------------------------------------------------
 
@@ -172,8 +179,8 @@ class _Pipeline(Generic[T]):
                 self._hashed.set()
                 return
 
-    def _body(self) -> Iterator[memoryview]:
-        while not isinstance(chunk := self._to_send.get(), BaseException):
+    def _body(self, chunks: Iterator[_Chunk]) -> Iterator[memoryview]:
+        for chunk in chunks:
             if chunk.last:
                 self._hashed.wait()
                 actual = self.sha256.hexdigest()
@@ -187,14 +194,15 @@ class _Pipeline(Generic[T]):
             chunk.done()
             if chunk.last:
                 return
-        raise chunk
 
-    def _run(self, request: Callable[[Iterator[memoryview]], T]) -> None:
+    def _run(self, chunks: Iterator[_Chunk], close: Callable[[], object]) -> None:
         try:
-            outcome, error = request(self._body()), None
+            outcome, error = self._request(self._body(chunks)), None
         except BaseException as exc:  # handed to the awaiting side
             outcome, error = None, exc
-        self._stop()
+        finally:
+            self._stop()
+            close()
         if error is not None:
             self._settle(error)
         else:
@@ -228,47 +236,61 @@ class _Pipeline(Generic[T]):
         # Its failure is the expected outcome: retrieved here so asyncio does not report it as lost.
         self.result.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    def _fail(self, error: BaseException) -> None:
-        """On the reading thread: settle ``result`` with ``error``, then cut the body short."""
-        self._settle(error)  # first: the request's own failure, once cut, must not settle it instead
-        self._to_send.put(_Aborted())
-        self._stop()
-
-    def _emit(self, chunk: _Chunk) -> None:
-        self._to_hash.put(chunk)
-        self._to_send.put(chunk)
-
-    def _emit_last(self, chunk: _Chunk | None) -> None:
-        chunk = chunk or _Chunk(memoryview(b""))  # an empty master: the checks still run
-        chunk.last = True
-        self._emit(chunk)
-
     # -- the feeds -------------------------------------------------------------------------
 
     def read_from(self, source: Source, head: bytes, chunk_size: int) -> None:
-        """Read ``source`` (after ``head``, already read from it) on a thread of its own, which closes it."""
-        threading.Thread(target=self._read, args=(source, head, chunk_size), name="upload-read", daemon=True).start()
+        """Send ``source`` (after ``head``, already read from it), read on the sending thread, which closes it."""
+        self._start(self._read(source, head, chunk_size), source.close)
 
-    def _read(self, source: Source, head: bytes, chunk_size: int) -> None:
+    def _read(self, source: Source, head: bytes, chunk_size: int) -> Iterator[_Chunk]:
+        """The source's chunks, each hashed as it is sent; the one that completes the master comes only once
+        the source has ended there (and made its own checks)."""
         free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()  # None: stop
         self._wake = lambda: free.put(None)
         for _ in range(DEPTH):
             free.put(memoryview(bytearray(max(chunk_size, len(head)))))
-        count, held = _Count(self._size), None
-        try:
+
+        def read() -> Iterator[_Chunk]:
             if head:
-                held = self._take(count, _Chunk(memoryview(head)), held)
+                yield _Chunk(memoryview(head))
             while (buffer := free.get()) is not None and not self._over.is_set():
                 n = source.readinto(buffer)
                 if not n:
-                    count.end()
-                    self._emit_last(held)
+                    free.put(buffer)
                     return
-                held = self._take(count, _Chunk(buffer[:n], partial(free.put, buffer)), held)
-        except BaseException as exc:
-            self._fail(exc)
-        finally:
-            source.close()
+                yield _Chunk(buffer[:n], partial(free.put, buffer))
+            raise _Aborted()
+
+        count, last = _Count(self._size), None
+        try:
+            for chunk in read():
+                if count.add(len(chunk.view)):
+                    last = chunk  # hashed now, sent once the source has said it ends here
+                    chunk.last = True
+                self._to_hash.put(chunk)
+                if last is None:
+                    yield chunk
+            count.end()
+        except Exception as exc:  # not GeneratorExit: a body left unsent is closed, not failed
+            self._settle(exc)  # first: the request's own failure, once cut, must not settle it instead
+            raise
+        if last is None:  # an empty master: the checks still run
+            last = _Chunk(memoryview(b""))
+            last.last = True
+            self._to_hash.put(last)
+        yield last
+
+    def _queued(self) -> Iterator[_Chunk]:
+        """The chunks ``feed`` hands over, until the last or a failure."""
+        while not isinstance(chunk := self._to_send.get(), BaseException):
+            yield chunk
+            if chunk.last:
+                return
+        raise chunk
+
+    def _emit(self, chunk: _Chunk) -> None:
+        self._to_hash.put(chunk)
+        self._to_send.put(chunk)
 
     def _take(self, count: _Count, chunk: _Chunk, held: _Chunk | None) -> _Chunk | None:
         """Send ``chunk`` now, or hold it back (returned) when it completes the master."""
@@ -287,6 +309,7 @@ class _Pipeline(Generic[T]):
                 self._loop.call_soon_threadsafe(space.release)
 
         self._wake = free
+        self._start(self._queued())
         count, held = _Count(self._size), None
         async for chunk in chunks:
             if not chunk:
@@ -296,7 +319,9 @@ class _Pipeline(Generic[T]):
                 return
             held = self._take(count, _Chunk(memoryview(chunk), free), held)
         count.end()
-        self._emit_last(held)
+        held = held or _Chunk(memoryview(b""))  # an empty master: the checks still run
+        held.last = True
+        self._emit(held)
 
 
 def upload_target(url: str) -> Target:
