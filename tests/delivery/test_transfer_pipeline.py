@@ -24,6 +24,13 @@ TAIL = 123  # the last chunk's length: the master is not a whole number of chunk
 DATA = random.Random(11).randbytes(48 * CHUNK + TAIL)  # many more chunks than buffers: each is reused
 
 
+def assert_cut(platform: PlatformDouble, k: str, at_most: int = len(DATA) - 1) -> None:
+    """The PUT to ``k`` was cut short, after at most ``at_most`` bytes, and nothing was stored."""
+    [upload] = platform.wait_for_uploads(1, key=k)
+    assert upload.outcome == "disconnected" and upload.received <= at_most
+    assert platform.stored(k) is None
+
+
 def key(request: pytest.FixtureRequest) -> str:
     return f"pipeline/{request.node.name}/master.mp4"
 
@@ -112,10 +119,7 @@ async def test_a_corrupted_byte_never_lets_the_last_chunk_through(
     with pytest.raises(ChecksumMismatch, match="sha256 mismatch"):
         await uploader.put(platform.presign(k), chunks, len(DATA), "video/mp4", expected_sha256=master.sha256)
 
-    [upload] = platform.wait_for_uploads(1, key=k)
-    assert upload.outcome == "disconnected"
-    assert upload.received <= len(DATA) - TAIL  # the final chunk never left
-    assert platform.stored(k) is None
+    assert_cut(platform, k, at_most=len(DATA) - TAIL)  # the final chunk never left
 
 
 @pytest.mark.parametrize(("data", "error"), [(DATA[:-1000], "ended at"), (DATA + b"x", "grew past")],
@@ -131,9 +135,7 @@ async def test_a_file_of_another_size_than_listed_is_never_stored(
         await uploader.put(platform.presign(k), local_catalog(tmp_path).stream(master, 0, CHUNK), len(DATA),
                            "video/mp4")
 
-    [upload] = platform.wait_for_uploads(1, key=k)
-    assert upload.outcome == "disconnected" and upload.received < len(DATA)
-    assert platform.stored(k) is None
+    assert_cut(platform, k)
 
 
 async def test_the_catalog_s_own_check_at_the_end_holds_back_the_last_chunk(
@@ -145,10 +147,7 @@ async def test_the_catalog_s_own_check_at_the_end_holds_back_the_last_chunk(
     with pytest.raises(CatalogError, match="md5 mismatch"):
         await uploader.put(platform.presign(k), stream_of(source), len(DATA), "video/mp4")
 
-    [upload] = platform.wait_for_uploads(1, key=k)
-    assert upload.outcome == "disconnected"
-    assert upload.received <= len(DATA) - TAIL
-    assert platform.stored(k) is None
+    assert_cut(platform, k, at_most=len(DATA) - TAIL)
     assert source.closed.wait(5)
 
 
@@ -162,9 +161,7 @@ async def test_a_read_failing_midway_fails_the_upload_with_the_catalog_s_error(
     with pytest.raises(CatalogUnavailable, match="cut 6 times"):
         await uploader.put(platform.presign(k), stream_of(source), len(DATA), "video/mp4")
 
-    [upload] = platform.wait_for_uploads(1, key=k)
-    assert upload.outcome == "disconnected" and upload.received < len(DATA)
-    assert platform.stored(k) is None
+    assert_cut(platform, k)
     assert source.closed.wait(5)
 
 
@@ -212,6 +209,4 @@ async def test_a_cancelled_upload_closes_the_source_and_cuts_the_put(
         platform.slow_uploads(None)
 
     assert source.closed.wait(5)
-    [upload] = platform.wait_for_uploads(1, key=k)
-    assert upload.outcome == "disconnected" and upload.received < len(DATA)
-    assert platform.stored(k) is None
+    assert_cut(platform, k)
